@@ -1,0 +1,1 @@
+"""onecard command line."""

@@ -35,7 +35,11 @@ __all__ = [
     "session_key",
     "tac_key",
     "unwrap_key",
+    "verify_load_mac1",
+    "verify_load_mac2",
     "verify_mac",
+    "verify_purchase_mac1",
+    "verify_purchase_mac2",
     "wrap_key",
 ]
 
@@ -223,6 +227,22 @@ def load_tac(
     return mac(alg, tac_key(alg, dtk), data)
 
 
+def verify_load_mac2(
+    alg: Alg, sk: bytes, amount: int, term_id: bytes, date4: bytes, time3: bytes, received: bytes
+) -> None:
+    """Check a load's MAC2 (card side); raise :class:`MacError` if wrong."""
+    if not hmac.compare_digest(load_mac2(alg, sk, amount, term_id, date4, time3), received):
+        raise MacError("MAC2 does not verify")
+
+
+def verify_load_mac1(
+    alg: Alg, sk: bytes, old_balance: int, amount: int, term_id: bytes, received: bytes
+) -> None:
+    """Check a load's MAC1 (host side); raise :class:`MacError` if wrong."""
+    if not hmac.compare_digest(load_mac1(alg, sk, old_balance, amount, term_id), received):
+        raise MacError("MAC1 does not verify")
+
+
 # --- purchase (spec §2.4, Purchase; §3) ---------------------------------------------------------------
 
 
@@ -243,6 +263,27 @@ def purchase_mac2(alg: Alg, sk: bytes, amount: int) -> bytes:
     return mac(alg, sk, amount.to_bytes(4, "big"))
 
 
+def verify_purchase_mac1(
+    alg: Alg,
+    sk: bytes,
+    amount: int,
+    txn_type: int,
+    term_id: bytes,
+    date4: bytes,
+    time3: bytes,
+    received: bytes,
+) -> None:
+    """Check a purchase's MAC1 (card side); raise :class:`MacError` if wrong."""
+    if not hmac.compare_digest(purchase_mac1(alg, sk, amount, txn_type, term_id, date4, time3), received):
+        raise MacError("MAC1 does not verify")
+
+
+def verify_purchase_mac2(alg: Alg, sk: bytes, amount: int, received: bytes) -> None:
+    """Check a purchase's MAC2 (PSAM side); raise :class:`MacError` if wrong."""
+    if not hmac.compare_digest(purchase_mac2(alg, sk, amount), received):
+        raise MacError("MAC2 does not verify")
+
+
 def purchase_tac(
     alg: Alg,
     dtk: bytes,
@@ -255,11 +296,6 @@ def purchase_tac(
 ) -> bytes:
     """``TAC = MAC_TK(amount ‖ type ‖ term_id ‖ term_seq ‖ date4 ‖ time3)``."""
     data = (
-        amount.to_bytes(4, "big")
-        + bytes((txn_type,))
-        + term_id
-        + term_seq.to_bytes(4, "big")
-        + date4
-        + time3
+        amount.to_bytes(4, "big") + bytes((txn_type,)) + term_id + term_seq.to_bytes(4, "big") + date4 + time3
     )
     return mac(alg, tac_key(alg, dtk), data)

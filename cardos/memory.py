@@ -18,7 +18,7 @@ JOURNAL_MARK = "~journal"
 _JOURNAL_ENTRY = "~journal."
 
 
-class PowerLoss(Exception):  # noqa: N818 - a physical event, not an error of the card
+class PowerLoss(Exception):
     """The card lost power before a write completed; it answers nothing until the next power-on."""
 
 

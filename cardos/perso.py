@@ -1,0 +1,185 @@
+"""Personalisation scripts (spec §2.5): the APDUs that turn a factory chip into an issued card or PSAM.
+
+Pure builders: they return the commands to send after ``GET CHALLENGE`` + ``EXTERNAL AUTHENTICATE``
+(see :func:`external_authenticate`). Terminals run them over a channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cardos import crypto
+from cardos.apdu import CommandAPDU
+from cardos.layout import (
+    CAPP_RECORD_COUNT,
+    CAPP_RECORD_LEN,
+    HOLDER_LEN,
+    LOG_RECORD_COUNT,
+    LOG_RECORD_LEN,
+    PSAM_ADF_FID,
+    PSAM_AID,
+    PUBLIC_LEN,
+    PURSE_ADF_FID,
+    PURSE_AID,
+    SFI_CAPP,
+    SFI_HOLDER,
+    SFI_LOG,
+    SFI_PUBLIC,
+    SFI_SOCIAL,
+    SFI_TERM_ID,
+    SOCIAL_ADF_FID,
+    SOCIAL_AID,
+    SOCIAL_LEN,
+    Access,
+    FileKind,
+    KeyUsage,
+)
+
+KEY_TRIES = 0x0F
+PIN_TRIES = 0x03
+SELECT_MF = CommandAPDU(0x00, 0xA4, 0x00, 0x00, bytes.fromhex("3F00"))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a script, named for logs and progress bars."""
+
+    name: str
+    apdu: CommandAPDU
+
+
+def get_challenge8() -> CommandAPDU:
+    """GET CHALLENGE of 8 bytes, before EXTERNAL AUTHENTICATE."""
+    return CommandAPDU(0x00, 0x84, 0x00, 0x00, b"", 8)
+
+
+def external_authenticate(alg: crypto.Alg, transport_key: bytes, challenge: bytes) -> CommandAPDU:
+    """``00 82 00 10 08 E_KT(challenge)`` (spec §2.5)."""
+    return CommandAPDU(0x00, 0x82, 0x00, 0x10, crypto.external_auth_cryptogram(alg, transport_key, challenge))
+
+
+def create_df(fid: int, aid: bytes) -> Step:
+    """CREATE DF."""
+    return Step(
+        "CREATE DF", CommandAPDU(0x80, 0xE0, 0x01, 0x00, fid.to_bytes(2, "big") + bytes((len(aid),)) + aid)
+    )
+
+
+def create_ef(fid: int, sfi: int, kind: FileKind, size: int, read: Access, write: Access) -> Step:
+    """CREATE EF."""
+    data = fid.to_bytes(2, "big") + bytes((sfi, kind)) + size.to_bytes(2, "big") + bytes((read, write))
+    return Step("CREATE EF", CommandAPDU(0x80, 0xE0, 0x02, 0x00, data))
+
+
+def put_key(alg: crypto.Alg, transport_key: bytes, usage: int, index: int, version: int, key: bytes) -> Step:
+    """PUT KEY: ``version ‖ alg ‖ tries ‖ E_KT(key) ‖ KCV(key)``."""
+    data = bytes((version, alg, KEY_TRIES)) + crypto.wrap_key(alg, transport_key, key) + crypto.kcv(alg, key)
+    return Step("PUT KEY", CommandAPDU(0x80, 0xD4, usage, index, data))
+
+
+def put_pin(pin: bytes, tries: int = PIN_TRIES) -> Step:
+    """PUT PIN."""
+    return Step("PUT PIN", CommandAPDU(0x80, 0xD4, 0x20, 0x00, bytes((tries,)) + pin))
+
+
+def write_data(data: bytes, offset: int = 0) -> Step:
+    """WRITE DATA into the current transparent EF."""
+    return Step("WRITE DATA", CommandAPDU(0x80, 0xD6, offset >> 8, offset & 0xFF, data))
+
+
+def init_purse(limit: int) -> Step:
+    """INIT PURSE."""
+    return Step("INIT PURSE", CommandAPDU(0x80, 0xD8, 0x00, 0x00, limit.to_bytes(4, "big") + b"\x00" * 4))
+
+
+def finish() -> Step:
+    """FINISH."""
+    return Step("FINISH", CommandAPDU(0x80, 0xE8, 0x00, 0x00))
+
+
+@dataclass(frozen=True)
+class UserCardProfile:
+    """What goes on a user card (keys are the card's diversified keys, by usage)."""
+
+    alg: crypto.Alg
+    transport_key: bytes
+    card_keys: dict[int, bytes]
+    key_version: int
+    public_data: bytes
+    holder_data: bytes
+    purse_pin: bytes
+    purse_limit: int
+    social_data: bytes | None = None
+    social_pin: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"UserCardProfile(alg={self.alg:02X}, key_version={self.key_version})"
+
+
+def user_card_script(profile: UserCardProfile) -> list[Step]:
+    """Personalise a user card: ADF 1001 with keys, PIN, EF 0015–0018 and the purse; ADF 1002; FINISH.
+
+    The order is that of the vector exchange ``personalise_user_card``.
+    """
+    if len(profile.public_data) != PUBLIC_LEN or len(profile.holder_data) != HOLDER_LEN:
+        raise ValueError("EF 0015 is 30 bytes and EF 0016 56")
+    alg, kt, version = profile.alg, profile.transport_key, profile.key_version
+    steps = [create_df(PURSE_ADF_FID, PURSE_AID)]
+    for usage in (KeyUsage.DAMK, KeyUsage.DPK, KeyUsage.DLK, KeyUsage.DTK, KeyUsage.DPUK, KeyUsage.DRPK):
+        steps.append(put_key(alg, kt, usage, 0x01, version, profile.card_keys[usage]))
+    steps += [
+        put_pin(profile.purse_pin),
+        create_ef(0x0015, SFI_PUBLIC, FileKind.TRANSPARENT, PUBLIC_LEN, Access.FREE, Access.LINE_MAC),
+        write_data(profile.public_data),
+        create_ef(0x0016, SFI_HOLDER, FileKind.TRANSPARENT, HOLDER_LEN, Access.FREE, Access.LINE_MAC),
+        write_data(profile.holder_data),
+        create_ef(
+            0x0017,
+            SFI_CAPP,
+            FileKind.LINEAR,
+            (CAPP_RECORD_LEN << 8) | CAPP_RECORD_COUNT,
+            Access.FREE,
+            Access.NEVER,
+        ),
+        create_ef(
+            0x0018,
+            SFI_LOG,
+            FileKind.CYCLIC,
+            (LOG_RECORD_LEN << 8) | LOG_RECORD_COUNT,
+            Access.FREE,
+            Access.NEVER,
+        ),
+        init_purse(profile.purse_limit),
+    ]
+    if profile.social_data is not None:
+        if len(profile.social_data) != SOCIAL_LEN or profile.social_pin is None:
+            raise ValueError("EF 0005 is 64 bytes and ADF 1002 needs a PIN")
+        steps += [
+            Step("SELECT", SELECT_MF),
+            create_df(SOCIAL_ADF_FID, SOCIAL_AID),
+            put_key(alg, kt, KeyUsage.DAMK, 0x01, version, profile.card_keys[KeyUsage.DAMK]),
+            put_key(alg, kt, KeyUsage.DPUK, 0x01, version, profile.card_keys[KeyUsage.DPUK]),
+            put_key(alg, kt, KeyUsage.DRPK, 0x01, version, profile.card_keys[KeyUsage.DRPK]),
+            put_pin(profile.social_pin),
+            create_ef(0x0005, SFI_SOCIAL, FileKind.TRANSPARENT, SOCIAL_LEN, Access.PIN, Access.LINE_MAC),
+            write_data(profile.social_data),
+        ]
+    steps.append(finish())
+    return steps
+
+
+def psam_script(
+    alg: crypto.Alg, transport_key: bytes, term_id: bytes, mpk_by_version: dict[int, bytes]
+) -> list[Step]:
+    """Personalise a PSAM: ADF with EF 0016 = term_id and one MPK per version; FINISH."""
+    if len(term_id) != 6:
+        raise ValueError("term_id is 6 bytes")
+    steps = [
+        create_df(PSAM_ADF_FID, PSAM_AID),
+        create_ef(0x0016, SFI_TERM_ID, FileKind.TRANSPARENT, 6, Access.FREE, Access.NEVER),
+        write_data(term_id),
+    ]
+    for version, mpk in sorted(mpk_by_version.items()):
+        steps.append(put_key(alg, transport_key, KeyUsage.MPK, version, version, mpk))
+    steps.append(finish())
+    return steps

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from cardos import crypto
 from cardos.apdu import CommandAPDU
+from cardos.keyfile import CARD_KEY_MASTERS, IssuerKeys
 from cardos.layout import (
     CAPP_RECORD_COUNT,
     CAPP_RECORD_LEN,
@@ -32,7 +33,11 @@ from cardos.layout import (
     SOCIAL_LEN,
     Access,
     FileKind,
+    HolderData,
     KeyUsage,
+    PublicData,
+    SocialSecurityData,
+    encode_pin,
 )
 
 KEY_TRIES = 0x0F
@@ -183,3 +188,63 @@ def psam_script(
         steps.append(put_key(alg, transport_key, KeyUsage.MPK, version, version, mpk))
     steps.append(finish())
     return steps
+
+
+ANONYMOUS_LIMIT_FEN = 100_000
+"""An anonymous card holds at most 1,000 yuan."""
+REGISTERED_LIMIT_FEN = 500_000
+"""A registered card holds at most 5,000 yuan."""
+
+
+def purse_limit(registered: bool) -> int:
+    """The purse limit set at personalisation: 5,000 yuan registered, 1,000 yuan anonymous."""
+    return REGISTERED_LIMIT_FEN if registered else ANONYMOUS_LIMIT_FEN
+
+
+def user_card_profile(
+    keys: IssuerKeys,
+    *,
+    card_no: str,
+    holder: HolderData | None = None,
+    card_type: int = 0x01,
+    pin: str = "123456",
+    start_date: str = "20250101",
+    expiry_date: str = "20341231",
+    social: SocialSecurityData | None = None,
+    social_pin: str = "654321",
+    key_version: int = 1,
+) -> UserCardProfile:
+    """A user card profile from issuer master keys: diversified keys, EF 0015/0016, PIN and purse limit.
+
+    A card with a holder is registered (limit 5,000 yuan); one without is anonymous (1,000 yuan).
+    """
+    if "KT" not in keys.keys:
+        raise ValueError("the key set has no transport key KT")
+    card_no_bytes = bytes.fromhex(card_no)
+    registered = holder is not None
+    public = PublicData(
+        issuer_id=keys.issuer_id,
+        card_no=card_no,
+        start_date=start_date,
+        expiry_date=expiry_date,
+        card_type=card_type,
+        registered=registered,
+    )
+    card_keys = {usage: keys.card_key(usage, card_no_bytes) for usage in CARD_KEY_MASTERS}
+    return UserCardProfile(
+        alg=keys.alg,
+        transport_key=keys.keys["KT"],
+        card_keys=card_keys,
+        key_version=key_version,
+        public_data=public.encode(),
+        holder_data=(holder or HolderData("", "", "")).encode(),
+        purse_pin=encode_pin(pin),
+        purse_limit=purse_limit(registered),
+        social_data=social.encode() if social is not None else None,
+        social_pin=encode_pin(social_pin) if social is not None else None,
+    )
+
+
+def psam_script_from_keys(keys: IssuerKeys, term_id: str, key_version: int = 1) -> list[Step]:
+    """A PSAM personalisation script for ``term_id`` (12 digits) with the issuer's MPK."""
+    return psam_script(keys.alg, keys.keys["KT"], bytes.fromhex(term_id), {key_version: keys.keys["MPK"]})

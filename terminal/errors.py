@@ -45,10 +45,21 @@ class CardStatusError(TerminalError):
             return None
 
 
-def check_sw(
-    response: ResponseAPDU, command_name: str, accept: Container[int] = (SW.OK,)
-) -> ResponseAPDU:
+def check_sw(response: ResponseAPDU, command_name: str, accept: Container[int] = (SW.OK,)) -> ResponseAPDU:
     """Return ``response`` if its status word is in ``accept``; raise :class:`CardStatusError` otherwise."""
     if response.sw not in accept:
         raise CardStatusError(response.sw, command_name, response.data)
     return response
+
+
+class TransactionRefused(TerminalError):
+    """The card refused the transaction before any money moved (balance, limit, blocked, expired…)."""
+
+    def __init__(self, reason: str, sw: int | None = None) -> None:
+        self.reason = reason
+        self.sw = sw
+        super().__init__(reason)
+
+
+class HostRefused(TerminalError):
+    """The load host refused (bad MAC1, unknown card, limit, no network…)."""

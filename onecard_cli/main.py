@@ -1,13 +1,86 @@
-"""The ``onecard`` command (spec cli.md)."""
+"""The ``onecard`` command (cli.md)."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="Citizen one-card system", no_args_is_help=True)
+from cardos.crypto import Alg
+from onecard_cli.cards import card_app, terminal_app
+from onecard_cli.errors import CliError, guarded, stderr
+from onecard_cli.sim import sim_app
+
+app = typer.Typer(
+    help="Citizen one-card system: cards, terminals, issuance, clearing.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(sim_app, name="sim")
+app.add_typer(card_app, name="card")
+app.add_typer(terminal_app, name="terminal")
+bench_app = typer.Typer(
+    help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()
-def demo() -> None:
-    """Run a simulated city day on the embedded default."""
-    typer.echo("demo: not built yet")
+@guarded
+def demo(
+    cards: Annotated[int, typer.Option("--cards", min=1, help="cards to issue")] = 20,
+    riders: Annotated[int, typer.Option("--riders", min=0, help="bus taps")] = 200,
+    date: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+) -> None:
+    """The main job: a simulated city day on the embedded default."""
+    from onecard_cli.demo import run_demo
+
+    run_demo(cards=cards, riders=riders, date=date, seed=seed)
+
+
+@bench_app.command("tap")
+@guarded
+def bench_tap(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    records: Annotated[int, typer.Option("--records", min=10, help="purchases to time")] = 300,
+    alg: Annotated[str, typer.Option("--alg", help="00 or 04")] = "00",
+) -> None:
+    """Median and p99 of a full purchase through pcscd, with the raw round trip of the same run."""
+    from onecard_cli.bench import bench_tap as run
+
+    if alg not in ("00", "04"):
+        raise CliError("--alg must be 00 or 04")
+    doc = run(Alg(int(alg, 16)), records, stderr)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            typer.echo(f"{key:28} {value}")
+
+
+def _not_built(what: str, issue: int) -> None:
+    raise CliError(f"{what} is not built yet (issue #{issue})")
+
+
+@bench_app.command("clearing")
+@guarded
+def bench_clearing(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    records: Annotated[int, typer.Option("--records", min=1)] = 100_000,
+) -> None:
+    """Clearing throughput against raw PostgreSQL COPY."""
+    _not_built("the clearing benchmark", 6)
+
+
+@bench_app.command("api")
+@guarded
+def bench_api(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """API loads per second against the framework's no-op endpoint."""
+    _not_built("the API benchmark", 7)
+
+
+if __name__ == "__main__":
+    app()

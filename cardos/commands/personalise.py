@@ -110,7 +110,7 @@ def put_key_or_pin(card: Card, cmd: CommandAPDU) -> bytes:
 
 def _put_pin(card: Card, cmd: CommandAPDU) -> bytes:
     common.p1p2(cmd, PUT_PIN, 0x00)
-    if not 3 <= cmd.lc <= 7:
+    if cmd.lc < 2:
         raise CardError(SW.WRONG_LENGTH)
     common.le(cmd, 0)
     if card.kind is not CardKind.USER:

@@ -74,7 +74,7 @@ def change_or_reload_pin(card: Card, cmd: CommandAPDU) -> bytes:
 
 
 def _change_pin(card: Card, cmd: CommandAPDU) -> bytes:
-    if cmd.lc < 5:
+    if cmd.lc == 0:
         raise CardError(SW.WRONG_LENGTH)
     df, entry = _pin(card)
     if entry.tries_left == 0:
@@ -92,8 +92,8 @@ def _change_pin(card: Card, cmd: CommandAPDU) -> bytes:
 
 
 def _reload_pin(card: Card, cmd: CommandAPDU) -> bytes:
-    if cmd.lc < 6:
-        raise CardError(SW.WRONG_LENGTH)
+    if cmd.lc < 5:
+        raise CardError(SW.WRONG_LENGTH, "no room for a PIN and its MAC")
     df, entry = _pin(card)
     drpk, alg = common.key(card, df, KeyUsage.DRPK)
     new, received = cmd.data[:-4], cmd.data[-4:]

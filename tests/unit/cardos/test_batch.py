@@ -36,9 +36,7 @@ def _record(seq: int, amount: int, status: RecordStatus = RecordStatus.OK) -> Ba
 
 
 def _batch(records: list[BatchRecord]) -> Batch:
-    return Batch.build(
-        "B-1", "BUSA-V01", "OP-BUS-A", "031000000001", datetime(2025, 3, 1, 23, tzinfo=CST), records
-    )
+    return Batch.build("B-1", "BUSA-V01", "OP-BUS-A", "031000000001", datetime(2025, 3, 1, 23, tzinfo=CST), records)
 
 
 def test_round_trip_and_totals() -> None:

@@ -57,9 +57,7 @@ def test_demo_runs_and_writes_batches(tmp_path: Path, monkeypatch: pytest.Monkey
     result = runner.invoke(app, ["demo", "--cards", "4", "--riders", "12", "--date", "2025-03-01"])
     assert result.exit_code == 0, result.output
     batches = sorted((tmp_path / "reports" / "2025-03-01" / "batches").iterdir())
-    assert [b.name for b in batches][0] == "bus-031000000101.csv"
+    assert batches[0].name == "bus-031000000101.csv"
     from cardos.batch import parse_batch
 
-    assert (
-        sum(parse_batch(b.read_bytes()).header.record_count for b in batches if b.name.startswith("bus")) > 0
-    )
+    assert sum(parse_batch(b.read_bytes()).header.record_count for b in batches if b.name.startswith("bus")) > 0

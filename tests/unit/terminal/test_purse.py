@@ -66,8 +66,14 @@ def test_load_purchase_capp_and_read(alg: Alg) -> None:
     dtk = keys.card_key(0x04, bytes.fromhex(snap.public.card_no))
     rec = bought.record
     tac = crypto.purchase_tac(
-        alg, dtk, rec.amount, 0x06, bytes.fromhex(rec.term_id), rec.term_seq,
-        bytes.fromhex(rec.txn_date), bytes.fromhex(rec.txn_time),
+        alg,
+        dtk,
+        rec.amount,
+        0x06,
+        bytes.fromhex(rec.term_id),
+        rec.term_seq,
+        bytes.fromhex(rec.txn_date),
+        bytes.fromhex(rec.txn_time),
     )
     assert tac.hex().upper() == rec.tac
 
@@ -93,8 +99,13 @@ def test_host_refuses_a_card_of_another_issuer(alg: Alg) -> None:
     card = issue_card(other)
     term, _, _ = _terminal(alg)
     with pytest.raises(HostRefused):
-        term.load(InProcessChannel(card), 10, KeyFileLoadHost(wrong, StepClock()),
-                  term_id=bytes.fromhex(COUNTER_TERM_ID), request_id="x")
+        term.load(
+            InProcessChannel(card),
+            10,
+            KeyFileLoadHost(wrong, StepClock()),
+            term_id=bytes.fromhex(COUNTER_TERM_ID),
+            request_id="x",
+        )
     assert _balance(card) == 0
 
 

@@ -1,1 +1,1 @@
-"""clearing."""
+"""Clearing and settlement."""

@@ -1,1 +1,1 @@
-"""issuance."""
+"""Issuance: residents, social security, keys, personalisation, card life cycle."""

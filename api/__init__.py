@@ -1,1 +1,1 @@
-"""api."""
+"""The FastAPI application: devices, counters, finance, and the web pages."""

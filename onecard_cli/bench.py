@@ -84,9 +84,7 @@ def _durable_store(n: int) -> list[float]:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("CREATE TABLE record (device_seq INTEGER PRIMARY KEY, line TEXT NOT NULL)")
         for seq in range(1, n + 1):
-            row = (
-                f"06,{CARD_NO},01,{seq},1,500000,{TERM_ID},{seq},20251122,080000,0A0B0C0D,00,01,ok,,,,,{seq}"
-            )
+            row = f"06,{CARD_NO},01,{seq},1,500000,{TERM_ID},{seq},20251122,080000,0A0B0C0D,00,01,ok,,,,,{seq}"
             started = time.perf_counter()
             db.execute("BEGIN IMMEDIATE")
             db.execute("INSERT INTO record VALUES (?, ?)", (seq, row))
@@ -118,9 +116,7 @@ def bench_tap(alg: Alg, n: int, progress: Callable[[str], None]) -> dict[str, An
         psam_card.open()
         term = PurseTerminal(clock=clock, psam=psam_card)
         host = KeyFileLoadHost(keys, clock)
-        term.load(
-            channel, perso.REGISTERED_LIMIT_FEN, host, term_id=bytes.fromhex("031000009001"), request_id="b"
-        )
+        term.load(channel, perso.REGISTERED_LIMIT_FEN, host, term_id=bytes.fromhex("031000009001"), request_id="b")
         card_image, psam_image = card.memory.to_image(), psam.memory.to_image()
 
         progress("measuring the raw PC/SC round trip")

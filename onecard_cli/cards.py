@@ -113,17 +113,13 @@ def _print_snapshot(doc: dict[str, Any]) -> None:
     )
     table.add_row("valid", f"{doc['public']['start_date']} – {doc['public']['expiry_date']}")
     table.add_row("holder", f"{doc['holder']['name']} {doc['holder']['id_number']} {doc['holder']['phone']}")
-    table.add_row(
-        "counters", f"online {doc['counters']['online_seq']}, offline {doc['counters']['offline_seq']}"
-    )
+    table.add_row("counters", f"online {doc['counters']['online_seq']}, offline {doc['counters']['offline_seq']}")
     console.print(table)
     log_table = Table(title="Transaction log (newest first)")
     for column in ("seq", "type", "amount", "term_id", "date", "time"):
         log_table.add_column(column)
     for row in doc["log"]:
-        log_table.add_row(
-            str(row["seq"]), row["type"], str(row["amount"]), row["term_id"], row["date"], row["time"]
-        )
+        log_table.add_row(str(row["seq"]), row["type"], str(row["amount"]), row["term_id"], row["date"], row["time"])
     console.print(log_table)
 
 
@@ -154,9 +150,7 @@ def card_load(
     amount: Annotated[int, typer.Option("--amount", min=0, help="fen")],
     as_json: JsonOpt = False,
     keys: Annotated[Path | None, typer.Option("--keys", help="issuer key file (cli.md format)")] = None,
-    term_id: Annotated[
-        str, typer.Option("--term-id", help="the counter's term_id")
-    ] = DEFAULT_COUNTER_TERM_ID,
+    term_id: Annotated[str, typer.Option("--term-id", help="the counter's term_id")] = DEFAULT_COUNTER_TERM_ID,
     request_id: Annotated[str | None, typer.Option("--request-id", help="idempotency id")] = None,
 ) -> None:
     """An online load: the host verifies MAC1, answers MAC2 and checks the TAC."""
@@ -180,9 +174,7 @@ def terminal_purchase(
     reader: ReaderOpt,
     psam_reader: Annotated[str, typer.Option("--psam-reader", help="the PSAM's reader")],
     amount: Annotated[int, typer.Option("--amount", min=0, help="fen")],
-    capp: Annotated[
-        bool, typer.Option("--capp", help="a CAPP purchase that rewrites the transit record")
-    ] = False,
+    capp: Annotated[bool, typer.Option("--capp", help="a CAPP purchase that rewrites the transit record")] = False,
     as_json: JsonOpt = False,
     line: Annotated[int, typer.Option("--line", min=0, max=0xFFFF, help="line id for --capp")] = 0,
     device_seq: Annotated[int, typer.Option("--device-seq", min=1)] = 1,

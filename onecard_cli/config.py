@@ -1,46 +1,7 @@
-"""Configuration from the environment or a ``.env`` file (cli.md, "Configuration")."""
+"""Configuration of the command line: the back office's settings (cli.md, "Configuration")."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from backoffice.settings import Settings
 
-DEFAULT_DATABASE_URL = "sqlite:///./onecard.db"
-DEFAULT_KEYSTORE = "./onecard-keys.json"
-
-
-def _dotenv(path: Path = Path(".env")) -> dict[str, str]:
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return values
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, _, value = line.partition("=")
-        values[name.strip()] = value.strip().strip("'\"")
-    return values
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The settings every command reads."""
-
-    database_url: str
-    redis_url: str | None
-    keystore: str
-    key_file: str | None
-
-    @classmethod
-    def load(cls) -> Settings:
-        """Environment first, then ``.env``, then the defaults."""
-        env = {**_dotenv(), **os.environ}
-        return cls(
-            database_url=env.get("ONECARD_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            redis_url=env.get("ONECARD_REDIS_URL") or None,
-            keystore=env.get("ONECARD_KEYSTORE") or DEFAULT_KEYSTORE,
-            key_file=env.get("ONECARD_KEY_FILE") or None,
-        )
+__all__ = ["Settings"]

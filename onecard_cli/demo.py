@@ -148,17 +148,13 @@ def run_demo(*, cards: int, riders: int, date: str | None, seed: int) -> None:
     out_dir = Path("reports") / day.isoformat() / "batches"
     out_dir.mkdir(parents=True, exist_ok=True)
     created = clock().astimezone(UTC).astimezone(CST)
-    counter_batch = Batch.build(
-        f"COUNTER-{day:%Y%m%d}-1", "COUNTER-01", "OP-ISSUER", "031000009001", created, loads
-    )
+    counter_batch = Batch.build(f"COUNTER-{day:%Y%m%d}-1", "COUNTER-01", "OP-ISSUER", "031000009001", created, loads)
     (out_dir / "counter-01.csv").write_bytes(counter_batch.encode())
     table = Table(title="Bus validators")
     for column in ("term_id", "taps", "amount (yuan)", "recovered by proof"):
         table.add_column(column)
     for term_id, _, _, records in buses:
-        batch = Batch.build(
-            f"{term_id}-{day:%Y%m%d}-1", f"BUS-{term_id}", "OP-BUS-A", term_id, created, records
-        )
+        batch = Batch.build(f"{term_id}-{day:%Y%m%d}-1", f"BUS-{term_id}", "OP-BUS-A", term_id, created, records)
         (out_dir / f"bus-{term_id}.csv").write_bytes(batch.encode())
         proofs = sum(1 for r in records if r.status is RecordStatus.PROOF)
         table.add_row(term_id, str(len(records)), f"{batch.header.amount_total / 100:.2f}", str(proofs))

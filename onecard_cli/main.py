@@ -21,9 +21,7 @@ app = typer.Typer(
 app.add_typer(sim_app, name="sim")
 app.add_typer(card_app, name="card")
 app.add_typer(terminal_app, name="terminal")
-bench_app = typer.Typer(
-    help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True
-)
+bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 

@@ -10,6 +10,7 @@ import typer
 from cardos.crypto import Alg
 from onecard_cli.cards import card_app, terminal_app
 from onecard_cli.errors import CliError, guarded, stderr
+from onecard_cli.keys import keys_app
 from onecard_cli.sim import sim_app
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.add_typer(sim_app, name="sim")
 app.add_typer(card_app, name="card")
 app.add_typer(terminal_app, name="terminal")
+app.add_typer(keys_app, name="keys")
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

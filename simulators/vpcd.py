@@ -77,7 +77,7 @@ class TearMode(enum.Enum):
 
 @dataclass(eq=False)
 class Tear:
-    """An armed tear: it applies to the next command (that ``when`` accepts) and then records what happened."""
+    """An armed tear: it applies to the next command (that ``when`` accepts), then records what happened."""
 
     mode: TearMode
     write_index: int | None = None
@@ -90,7 +90,7 @@ class Tear:
     """True when the card left the field; false for an ``AT_WRITE`` tear whose command made fewer writes."""
     error: str | None = None
     """Why the tear could not be applied (it is then not fired and the command is answered normally)."""
-    _applied: threading.Event = field(default_factory=threading.Event, repr=False)
+    _applied: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tear met its command; True if it did within ``timeout`` seconds."""
@@ -116,12 +116,24 @@ class TapResult:
 
 
 class _Session:
-    """One stay of one card in the slot: its socket, serving thread and what the terminal did."""
+    """One stay of one card in the slot: its socket, serving thread and what the terminal did.
 
-    def __init__(self, card: ContactlessCard, sock: socket.socket, image: str | os.PathLike[str] | None) -> None:
+    Every card call and every answer happens with ``lock`` held, so that :meth:`VpcdSlot.remove` takes
+    the card out between two commands, never inside one.
+    """
+
+    def __init__(
+        self,
+        card: ContactlessCard,
+        sock: socket.socket,
+        image: str | os.PathLike[str] | None,
+        done_callback: Done | None,
+    ) -> None:
         self.card = card
         self.sock = sock
         self.image = image
+        self.done_callback = done_callback
+        self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.inserted_at = time.monotonic()
         self.powered = False
@@ -130,8 +142,20 @@ class _Session:
         self.released = False
         """The terminal powered the card off after at least one command."""
         self.done = False
-        self.ended = False
-        self.done_callback: Done | None = None
+        """The tap's done callback said so."""
+        self.left = False
+        """The card is out of the field (the slot no longer calls it)."""
+        self.unanswered = False
+        """The card left with a message of the driver unanswered (a tear)."""
+        self.after_leaving: int | None = None
+        """The first message the driver sent after the card left: -1 for a command APDU, else the control."""
+        self.closed = False
+        """The driver has noticed the card's absence and the connection is closed."""
+
+
+_port_lock = threading.Lock()
+_port_ready_at: dict[tuple[str, int], float] = {}
+"""When the next card may connect to a vpcd port, shared by every slot object of this process."""
 
 
 class VpcdSlot:
@@ -141,6 +165,11 @@ class VpcdSlot:
     until the reader side closes the connection). Every card call runs on that serving thread. When a card
     was inserted with an ``image`` path, its ``memory`` (a :class:`cardos.memory.Memory`) is saved to that
     file whenever it is dirty after a message.
+
+    pcscd sees a card leave only when a presence poll (every 0.4 s) finds the slot empty. When the driver
+    notices the absence inside a command instead (a tear, or a removal racing a command), its next poll
+    would accept the next card's connection at once and pcscd would miss both the removal and the
+    insertion; so the next card then connects only ``poll_gap`` seconds later.
     """
 
     def __init__(
@@ -150,11 +179,13 @@ class VpcdSlot:
         *,
         port: int | None = None,
         connect_timeout: float = 10.0,
+        poll_gap: float = 0.6,
     ) -> None:
         self.slot = slot
         self.host = host
         self.port = vpcd_port(slot) if port is None else port
         self.connect_timeout = connect_timeout
+        self.poll_gap = poll_gap
         self._cond = threading.Condition()
         self._session: _Session | None = None
         self._tear: Tear | None = None
@@ -168,14 +199,14 @@ class VpcdSlot:
 
     @property
     def card(self) -> ContactlessCard | None:
-        """The card in the slot, if any."""
+        """The card in the field, if any."""
         with self._cond:
             session = self._session
-            return session.card if session is not None and not session.ended else None
+            return session.card if session is not None and not session.left else None
 
     @property
     def commands(self) -> int:
-        """Command APDUs received by the card currently in the slot (0 when empty)."""
+        """Command APDUs received by the card last inserted (0 when there was none)."""
         with self._cond:
             return self._session.commands if self._session is not None else 0
 
@@ -189,45 +220,40 @@ class VpcdSlot:
         """Bring ``card`` into the field: connect to the driver and serve it on a background thread.
 
         ``image``: save ``card.memory`` there whenever it changed. ``done``: asked after every answered
-        command; once it returns True :meth:`wait_finished` returns. Raises :class:`VpcdUnavailable`
-        when the driver cannot be reached within ``connect_timeout``.
+        command; once it returns True :meth:`wait_finished` returns. Waits for the previous card's exit to
+        be seen by the driver first. Raises :class:`VpcdUnavailable` when the driver cannot be reached
+        within ``connect_timeout``.
         """
         with self._cond:
-            if self._session is not None and not self._session.ended:
+            previous = self._session
+            if previous is not None and not previous.left:
                 raise RuntimeError(f"{self.reader_name}: a card is already in the slot")
-            self._session = None
+        if previous is not None:
+            self._join(previous)
+        self._wait_port_ready()
         sock = self._connect()
-        session = _Session(card, sock, image)
-        session.done_callback = done
-        thread = threading.Thread(
-            target=self._serve, args=(session,), name=f"vpcd-slot{self.slot}", daemon=True
-        )
+        session = _Session(card, sock, image, done)
+        thread = threading.Thread(target=self._serve, args=(session,), name=f"vpcd-slot{self.slot}", daemon=True)
         session.thread = thread
         with self._cond:
             self._session = session
         thread.start()
 
-    def remove(self, timeout: float = 5.0) -> None:
-        """Take the card out of the field (close the connection) and wait for its serving thread."""
+    def remove(self) -> None:
+        """Take the card out of the field, between two commands; the card is powered off at once."""
         with self._cond:
             session = self._session
         if session is None:
             return
-        with contextlib.suppress(OSError):
-            session.sock.shutdown(socket.SHUT_RDWR)
-        if session.thread is not None and session.thread is not threading.current_thread():
-            session.thread.join(timeout)
-            if session.thread.is_alive():
-                log.warning("%s: the card's serving thread did not stop within %.1f s", self.reader_name, timeout)
-        with self._cond:
-            if self._session is session:
-                self._session = None
+        with session.lock:
+            if not session.left:
+                self._leave(session, unanswered=False)
 
     def wait_removed(self, timeout: float | None = None) -> bool:
-        """Wait until the card is out of the slot (removed, torn, or dropped by the reader); True if it is."""
+        """Wait until the card is out of the field (removed, torn, or dropped by the reader)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._session is not None and not self._session.ended:
+            while self._session is not None and not self._session.left:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -235,11 +261,11 @@ class VpcdSlot:
             return True
 
     def wait_finished(self, timeout: float = 30.0, *, idle: float | None = None) -> str:
-        """Wait until the terminal is done with the card in the slot; returns why (see :class:`TapResult`).
+        """Wait until the terminal is done with the card in the field; returns why (see :class:`TapResult`).
 
         Finished means: the ``done`` callback said so, or the terminal powered the card off after at least
         one command, or (with ``idle``) no command came for ``idle`` seconds after the last one, or the
-        connection ended. ``timeout`` bounds the whole stay (``timeout`` is then returned).
+        card left. ``timeout`` bounds the whole stay (``timeout`` is then returned).
         """
         with self._cond:
             session = self._session
@@ -252,7 +278,7 @@ class VpcdSlot:
                     return "done"
                 if session.released:
                     return "power-off"
-                if session.ended:
+                if session.left:
                     return "dropped"
                 wake = deadline
                 if idle is not None and session.commands:
@@ -291,7 +317,7 @@ class VpcdSlot:
             commands = self.commands
             self.remove()
             results.append(TapResult(card, commands, reason, time.monotonic() - started))
-            log.debug("%s: tap %d ended (%s) after %d commands", self.reader_name, index + 1, reason, commands)
+            log.debug("%s: tap %d: %s after %d commands", self.reader_name, index + 1, reason, commands)
         return results
 
     def tear(
@@ -326,22 +352,24 @@ class VpcdSlot:
         stop: threading.Event,
         *,
         image: str | os.PathLike[str] | None = None,
-        reinsert_delay: float = 0.2,
     ) -> None:
         """Keep ``card`` in the slot until ``stop`` is set, inserting it again whenever it leaves."""
         while not stop.is_set():
             self.insert(card, image=image)
             while not stop.is_set() and not self.wait_removed(0.1):
                 pass
-            self.remove()
             if not stop.is_set():
                 log.info("%s: the card left the field; inserting it again", self.reader_name)
-                stop.wait(reinsert_delay)
+        self.remove()
 
-    def close(self) -> None:
-        """Remove any card and disarm any tear."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Remove any card, disarm any tear, and wait (up to ``timeout``) until the driver saw the exit."""
         self.cancel_tear()
         self.remove()
+        with self._cond:
+            session = self._session
+        if session is not None:
+            self._join(session, timeout)
 
     def __enter__(self) -> VpcdSlot:
         return self
@@ -355,6 +383,21 @@ class VpcdSlot:
         self.close()
 
     # --- connection ----------------------------------------------------------------------------------
+
+    def _join(self, session: _Session, timeout: float = 2.0) -> None:
+        thread = session.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("%s: the driver did not notice the card's exit in %.1f s", self.reader_name, timeout)
+
+    def _wait_port_ready(self) -> None:
+        with _port_lock:
+            ready_at = _port_ready_at.get((self.host, self.port), 0.0)
+        delay = ready_at - time.monotonic()
+        if delay > 0:
+            log.debug("%s: waiting %.2f s for a presence poll of the empty slot", self.reader_name, delay)
+            time.sleep(delay)
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + self.connect_timeout
@@ -377,33 +420,46 @@ class VpcdSlot:
             return sock
         raise VpcdUnavailable(
             f"cannot reach the vpcd driver for reader '{self.reader_name}' at {self.host}:{self.port} "
-            f"after {self.connect_timeout:.0f} s ({last_error}); is pcscd running with the vsmartcard "
+            f"after {self.connect_timeout:g} s ({last_error}); is pcscd running with the vsmartcard "
             "vpcd driver (package vsmartcard-vpcd, /etc/reader.conf.d/vpcd)? See simulators.pcscd."
         )
 
     # --- serving -------------------------------------------------------------------------------------
 
     def _serve(self, session: _Session) -> None:
-        why = "reader closed the connection"
+        """The serving thread: answer the driver while the card is in the field, then watch how the driver
+        notices its absence (we half-closed the connection) until the driver closes it."""
+        drain_deadline: float | None = None
         try:
             while True:
+                if drain_deadline is None and session.left:
+                    drain_deadline = time.monotonic() + 2.0
+                if drain_deadline is not None:
+                    remaining = drain_deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    session.sock.settimeout(remaining)
                 message = _recv_message(session.sock)
                 if message is None:
                     break
-                if not self._handle(session, message):
-                    why = "card left the field"
-                    break
-        except OSError as exc:
-            why = f"connection ended ({exc})"
-        except Exception:  # a bug in the card must not kill the slot silently
+                with session.lock:
+                    if session.left:
+                        if session.after_leaving is None:
+                            session.after_leaving = message[0] if len(message) == 1 else -1
+                        continue
+                    if not self._handle(session, message):
+                        self._leave(session, unanswered=True)
+        except OSError:
+            pass  # reset by the driver, or the drain timed out
+        except Exception:  # a bug in the card must not take the slot down silently
             log.exception("%s: the simulated card failed", self.reader_name)
-            why = "card failure"
         finally:
-            self._end(session, why)
+            self._closed(session)
 
-    def _end(self, session: _Session, why: str) -> None:
-        with contextlib.suppress(OSError):
-            session.sock.close()
+    def _leave(self, session: _Session, *, unanswered: bool) -> None:
+        """The card leaves the field (``session.lock`` held): power it off, keep its image, half-close."""
+        session.left = True
+        session.unanswered = unanswered
         if session.powered:
             session.powered = False
             try:
@@ -411,21 +467,37 @@ class VpcdSlot:
             except Exception:
                 log.exception("%s: power_off failed", self.reader_name)
         self._save_image(session)
-        log.debug("%s: card out of the field: %s", self.reader_name, why)
+        with contextlib.suppress(OSError):
+            session.sock.shutdown(socket.SHUT_WR)
+        log.debug("%s: card out of the field%s", self.reader_name, " (tear)" if unanswered else "")
         with self._cond:
-            session.ended = True
+            self._cond.notify_all()
+
+    def _closed(self, session: _Session) -> None:
+        with session.lock:
+            by_reader = not session.left
+            if by_reader:
+                self._leave(session, unanswered=False)
+        with contextlib.suppress(OSError):
+            session.sock.close()
+        # Clean only if the driver found the card gone in a presence poll (a GET ATR after we left): its
+        # next poll will then see the empty slot. Otherwise it may accept the next card at once.
+        clean = not by_reader and not session.unanswered and session.after_leaving == CTRL_GET_ATR
+        if not clean:
+            with _port_lock:
+                _port_ready_at[(self.host, self.port)] = time.monotonic() + self.poll_gap
+        log.debug("%s: connection closed (%s)", self.reader_name, "clean" if clean else "needs a poll gap")
+        with self._cond:
+            session.closed = True
             self._cond.notify_all()
 
     def _handle(self, session: _Session, message: bytes) -> bool:
-        """Act on one message from the driver; False when the card leaves the field."""
+        """Act on one message from the driver; False when the card leaves the field without answering."""
         if not message:
             log.warning("%s: empty message from the driver ignored", self.reader_name)
             return True
-        if len(message) == 1:
-            keep = self._control(session, message[0])
-            self._save_image(session)
-            return keep
-        keep = self._command(session, message)
+        control = len(message) == 1
+        keep = self._control(session, message[0]) if control else self._command(session, message)
         self._save_image(session)
         return keep
 
@@ -472,6 +544,7 @@ class VpcdSlot:
             response = self._process(session, apdu)
         except PowerLoss:
             log.info("%s: power lost during %s", self.reader_name, apdu[:4].hex().upper())
+            session.powered = False
             return False
         self._answer(session, response)
         return True
@@ -483,10 +556,8 @@ class VpcdSlot:
                 tear.fired = True
                 return False
             if tear.mode is TearMode.DROP_ANSWER:
-                try:
+                with contextlib.suppress(PowerLoss):
                     tear.response = self._process(session, apdu)
-                except PowerLoss:
-                    pass
                 tear.fired = True
                 return False
             memory = _memory_of(session.card)
@@ -500,6 +571,7 @@ class VpcdSlot:
             try:
                 response = self._process(session, apdu)
             except PowerLoss:
+                session.powered = False
                 tear.fired = True
                 return False
             finally:

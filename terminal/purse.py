@@ -205,9 +205,12 @@ class PurseTerminal:
         meta: RecordMeta = RecordMeta(),
         device_seq: int = 1,
         public: PublicData | None = None,
+        before_debit: Callable[[BatchRecord], None] | None = None,
     ) -> PurchaseResult:
         """One purchase (or CAPP purchase when ``capp_record`` computes the new EF 0017 record 1).
 
+        ``before_debit`` is called with the record as it will be (status ``ok``, no TAC yet) right before
+        each DEBIT is sent, so that a terminal can store its intent durably first (spec §2.4, proof).
         Raises :class:`TransactionRefused` when the card refuses before any money moved and
         :class:`CardRemoved` when the card left before DEBIT (nothing happened: tap again).
         """
@@ -263,6 +266,8 @@ class PurseTerminal:
                     ref=meta.ref,
                     device_seq=device_seq,
                 )
+                if before_debit is not None:
+                    before_debit(record)
                 try:
                     tac, mac2 = card.debit(term_seq, date4, time3, mac1)
                 except CardRemoved:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from sqlalchemy import Engine, text
@@ -12,6 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from backoffice.db import UnitOfWork, make_engine, session_factory
 from backoffice.errors import OnecardError
 from backoffice.settings import Settings
+
+if TYPE_CHECKING:
+    from api.devices import HotlistSource
 
 
 class ServiceUnavailable(OnecardError):
@@ -28,6 +32,8 @@ class AppState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    hotlist_source: HotlistSource | None = None
+    """Where ``GET /devices/hotlist`` reads the hotlist (issuance's); ``None``: an empty hotlist."""
 
     @classmethod
     def create(cls, settings: Settings) -> AppState:
@@ -45,7 +51,9 @@ class AppState:
 
     def routers(self) -> list[APIRouter]:
         """Every router of the application (modules register here as they are built)."""
-        routers: list[APIRouter] = []
+        from api import devices
+
+        routers: list[APIRouter] = [devices.router]
         return routers
 
 

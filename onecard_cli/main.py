@@ -11,6 +11,7 @@ from cardos.crypto import Alg
 from onecard_cli.cards import card_app, terminal_app
 from onecard_cli.errors import CliError, guarded, stderr
 from onecard_cli.keys import keys_app
+from onecard_cli.registry import registry_app
 from onecard_cli.sim import sim_app
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(card_app, name="card")
 app.add_typer(terminal_app, name="terminal")
 app.add_typer(keys_app, name="keys")
+app.add_typer(registry_app, name="registry")
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

@@ -24,7 +24,7 @@ from cardos.crypto import Alg
 from cardos.keyfile import IssuerKeys
 from cardos.layout import HolderData
 from cardos.memory import Memory
-from simulators.pcscd import ensure_pcscd
+from simulators.pcscd import ensure_pcscd, vpcd_lock
 from simulators.vpcd import VpcdSlot
 from terminal.cards import PsamCard, UserCard
 from terminal.channel import Channel, InProcessChannel, measure_round_trip
@@ -100,6 +100,19 @@ def bench_tap(alg: Alg, n: int, progress: Callable[[str], None]) -> dict[str, An
     card = Card.factory(CardKind.USER, alg, keys.keys["KT"], os.urandom(8))
     psam = Card.factory(CardKind.PSAM, alg, keys.keys["KT"], os.urandom(8))
     clock = datetime.now().astimezone
+    with vpcd_lock():
+        return _bench_tap_locked(alg, n, progress, keys, card, psam, clock)
+
+
+def _bench_tap_locked(
+    alg: Alg,
+    n: int,
+    progress: Callable[[str], None],
+    keys: IssuerKeys,
+    card: Card,
+    psam: Card,
+    clock: Callable[[], datetime],
+) -> dict[str, Any]:
     pcscd = ensure_pcscd()
     card_slot, psam_slot = VpcdSlot(0), VpcdSlot(1)
     try:

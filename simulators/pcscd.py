@@ -19,9 +19,11 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -284,11 +286,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not handle.started:
         print("pcscd was already running")
         return 0
-    print(f"started pcscd (pid {handle.process.pid if handle.process else '?'}); Ctrl-C stops it")
-    with contextlib.suppress(KeyboardInterrupt):
-        while handle.process is not None and handle.process.poll() is None:
-            time.sleep(0.5)
-    handle.stop()
+    print(f"started pcscd (pid {handle.process.pid if handle.process else '?'}); Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    # SIGTERM too: a background process of a non-interactive shell ignores SIGINT.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop.wait(0.5) and handle.process is not None and handle.process.poll() is None:
+            pass
+    finally:
+        handle.stop()
     return 0
 
 

@@ -54,3 +54,13 @@ def test_equals_the_reference_functions_on_random_inputs(suite: str) -> None:
         assert calc.load(amount, seq & 0xFFFF, 5, term_id, date4, time3) == crypto.load_tac(
             alg, dtk, amount, seq & 0xFFFF, 5, term_id, date4, time3
         )
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_diversifier_equals_the_vectors(suite: str) -> None:
+    v = VECTORS["suites"][suite]
+    alg = crypto.Alg(int(suite, 16))
+    card_no = bytes.fromhex(v["card_no"])
+    for entry in v["diversified_keys"].values():
+        master = bytes.fromhex(v["master_keys"][entry["master"]]["key"])
+        assert crypto.Diversifier(alg, master).card_key(card_no).hex().upper() == entry["key"]

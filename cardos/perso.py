@@ -6,6 +6,7 @@ Pure builders: they return the commands to send after ``GET CHALLENGE`` + ``EXTE
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cardos import crypto
@@ -65,9 +66,7 @@ def external_authenticate(alg: crypto.Alg, transport_key: bytes, challenge: byte
 
 def create_df(fid: int, aid: bytes) -> Step:
     """CREATE DF."""
-    return Step(
-        "CREATE DF", CommandAPDU(0x80, 0xE0, 0x01, 0x00, fid.to_bytes(2, "big") + bytes((len(aid),)) + aid)
-    )
+    return Step("CREATE DF", CommandAPDU(0x80, 0xE0, 0x01, 0x00, fid.to_bytes(2, "big") + bytes((len(aid),)) + aid))
 
 
 def create_ef(fid: int, sfi: int, kind: FileKind, size: int, read: Access, write: Access) -> Step:
@@ -76,10 +75,28 @@ def create_ef(fid: int, sfi: int, kind: FileKind, size: int, read: Access, write
     return Step("CREATE EF", CommandAPDU(0x80, 0xE0, 0x02, 0x00, data))
 
 
-def put_key(alg: crypto.Alg, transport_key: bytes, usage: int, index: int, version: int, key: bytes) -> Step:
-    """PUT KEY: ``version ‖ alg ‖ tries ‖ E_KT(key) ‖ KCV(key)``."""
-    data = bytes((version, alg, KEY_TRIES)) + crypto.wrap_key(alg, transport_key, key) + crypto.kcv(alg, key)
+PUT_KEY_DATA_LENGTH = 22
+"""``version 1 ‖ alg 1 ‖ tries 1 ‖ E_KT(key) 16 ‖ KCV 3``."""
+
+PutKeyData = Callable[[int], bytes]
+"""Gives the PUT KEY data of a card key by usage (from clear keys here, from a keystore in the back office)."""
+
+
+def put_key_data(alg: crypto.Alg, transport_key: bytes, version: int, key: bytes) -> bytes:
+    """PUT KEY data from a clear key: ``version ‖ alg ‖ tries ‖ E_KT(key) ‖ KCV(key)`` (spec §2.5)."""
+    return bytes((version, alg, KEY_TRIES)) + crypto.wrap_key(alg, transport_key, key) + crypto.kcv(alg, key)
+
+
+def put_key_step(data: bytes, usage: int, index: int = 0x01) -> Step:
+    """PUT KEY with ready-made data (22 bytes)."""
+    if len(data) != PUT_KEY_DATA_LENGTH:
+        raise ValueError("PUT KEY data is 22 bytes")
     return Step("PUT KEY", CommandAPDU(0x80, 0xD4, usage, index, data))
+
+
+def put_key(alg: crypto.Alg, transport_key: bytes, usage: int, index: int, version: int, key: bytes) -> Step:
+    """PUT KEY of a clear key."""
+    return put_key_step(put_key_data(alg, transport_key, version, key), usage, index)
 
 
 def put_pin(pin: bytes, tries: int = PIN_TRIES) -> Step:
@@ -103,8 +120,23 @@ def finish() -> Step:
 
 
 @dataclass(frozen=True)
+class CardContents:
+    """What is written onto a user card besides its keys (encoded files, BCD PINs, the purse limit)."""
+
+    public_data: bytes
+    holder_data: bytes
+    purse_pin: bytes
+    purse_limit: int
+    social_data: bytes | None = None
+    social_pin: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"CardContents(limit={self.purse_limit}, social={self.social_data is not None})"
+
+
+@dataclass(frozen=True)
 class UserCardProfile:
-    """What goes on a user card (keys are the card's diversified keys, by usage)."""
+    """A user card with its clear diversified keys by usage (tests, demos, the embedded default)."""
 
     alg: crypto.Alg
     transport_key: bytes
@@ -120,63 +152,67 @@ class UserCardProfile:
     def __repr__(self) -> str:
         return f"UserCardProfile(alg={self.alg:02X}, key_version={self.key_version})"
 
+    @property
+    def contents(self) -> CardContents:
+        """The profile without its keys."""
+        return CardContents(
+            self.public_data, self.holder_data, self.purse_pin, self.purse_limit, self.social_data, self.social_pin
+        )
 
-def user_card_script(profile: UserCardProfile) -> list[Step]:
-    """Personalise a user card: ADF 1001 with keys, PIN, EF 0015–0018 and the purse; ADF 1002; FINISH.
+    def key_data(self, usage: int) -> bytes:
+        """PUT KEY data of the card key of ``usage``."""
+        return put_key_data(self.alg, self.transport_key, self.key_version, self.card_keys[usage])
 
-    The order is that of the vector exchange ``personalise_user_card``.
+
+PURSE_KEY_USAGES = (KeyUsage.DAMK, KeyUsage.DPK, KeyUsage.DLK, KeyUsage.DTK, KeyUsage.DPUK, KeyUsage.DRPK)
+SOCIAL_KEY_USAGES = (KeyUsage.DAMK, KeyUsage.DPUK, KeyUsage.DRPK)
+
+
+def user_card_steps(contents: CardContents, key_data: PutKeyData) -> list[Step]:
+    """Personalise a user card (spec §2.5): ADF 1001 with keys, PIN, EF 0015–0018 and the purse; ADF 1002; FINISH.
+
+    The order is that of the vector exchange ``personalise_user_card``; ``key_data`` gives each PUT KEY's data.
     """
-    if len(profile.public_data) != PUBLIC_LEN or len(profile.holder_data) != HOLDER_LEN:
+    if len(contents.public_data) != PUBLIC_LEN or len(contents.holder_data) != HOLDER_LEN:
         raise ValueError("EF 0015 is 30 bytes and EF 0016 56")
-    alg, kt, version = profile.alg, profile.transport_key, profile.key_version
     steps = [create_df(PURSE_ADF_FID, PURSE_AID)]
-    for usage in (KeyUsage.DAMK, KeyUsage.DPK, KeyUsage.DLK, KeyUsage.DTK, KeyUsage.DPUK, KeyUsage.DRPK):
-        steps.append(put_key(alg, kt, usage, 0x01, version, profile.card_keys[usage]))
+    steps += [put_key_step(key_data(usage), usage) for usage in PURSE_KEY_USAGES]
     steps += [
-        put_pin(profile.purse_pin),
+        put_pin(contents.purse_pin),
         create_ef(0x0015, SFI_PUBLIC, FileKind.TRANSPARENT, PUBLIC_LEN, Access.FREE, Access.LINE_MAC),
-        write_data(profile.public_data),
+        write_data(contents.public_data),
         create_ef(0x0016, SFI_HOLDER, FileKind.TRANSPARENT, HOLDER_LEN, Access.FREE, Access.LINE_MAC),
-        write_data(profile.holder_data),
+        write_data(contents.holder_data),
         create_ef(
-            0x0017,
-            SFI_CAPP,
-            FileKind.LINEAR,
-            (CAPP_RECORD_LEN << 8) | CAPP_RECORD_COUNT,
-            Access.FREE,
-            Access.NEVER,
+            0x0017, SFI_CAPP, FileKind.LINEAR, (CAPP_RECORD_LEN << 8) | CAPP_RECORD_COUNT, Access.FREE, Access.NEVER
         ),
         create_ef(
-            0x0018,
-            SFI_LOG,
-            FileKind.CYCLIC,
-            (LOG_RECORD_LEN << 8) | LOG_RECORD_COUNT,
-            Access.FREE,
-            Access.NEVER,
+            0x0018, SFI_LOG, FileKind.CYCLIC, (LOG_RECORD_LEN << 8) | LOG_RECORD_COUNT, Access.FREE, Access.NEVER
         ),
-        init_purse(profile.purse_limit),
+        init_purse(contents.purse_limit),
     ]
-    if profile.social_data is not None:
-        if len(profile.social_data) != SOCIAL_LEN or profile.social_pin is None:
+    if contents.social_data is not None:
+        if len(contents.social_data) != SOCIAL_LEN or contents.social_pin is None:
             raise ValueError("EF 0005 is 64 bytes and ADF 1002 needs a PIN")
         steps += [
             Step("SELECT", SELECT_MF),
             create_df(SOCIAL_ADF_FID, SOCIAL_AID),
-            put_key(alg, kt, KeyUsage.DAMK, 0x01, version, profile.card_keys[KeyUsage.DAMK]),
-            put_key(alg, kt, KeyUsage.DPUK, 0x01, version, profile.card_keys[KeyUsage.DPUK]),
-            put_key(alg, kt, KeyUsage.DRPK, 0x01, version, profile.card_keys[KeyUsage.DRPK]),
-            put_pin(profile.social_pin),
+            *(put_key_step(key_data(usage), usage) for usage in SOCIAL_KEY_USAGES),
+            put_pin(contents.social_pin),
             create_ef(0x0005, SFI_SOCIAL, FileKind.TRANSPARENT, SOCIAL_LEN, Access.PIN, Access.LINE_MAC),
-            write_data(profile.social_data),
+            write_data(contents.social_data),
         ]
     steps.append(finish())
     return steps
 
 
-def psam_script(
-    alg: crypto.Alg, transport_key: bytes, term_id: bytes, mpk_by_version: dict[int, bytes]
-) -> list[Step]:
-    """Personalise a PSAM: ADF with EF 0016 = term_id and one MPK per version; FINISH."""
+def user_card_script(profile: UserCardProfile) -> list[Step]:
+    """:func:`user_card_steps` with the profile's clear keys."""
+    return user_card_steps(profile.contents, profile.key_data)
+
+
+def psam_steps(term_id: bytes, mpk_data_by_version: dict[int, bytes]) -> list[Step]:
+    """Personalise a PSAM (spec §3): ADF with EF 0016 = term_id, one MPK per version (ready PUT KEY data); FINISH."""
     if len(term_id) != 6:
         raise ValueError("term_id is 6 bytes")
     steps = [
@@ -184,10 +220,16 @@ def psam_script(
         create_ef(0x0016, SFI_TERM_ID, FileKind.TRANSPARENT, 6, Access.FREE, Access.NEVER),
         write_data(term_id),
     ]
-    for version, mpk in sorted(mpk_by_version.items()):
-        steps.append(put_key(alg, transport_key, KeyUsage.MPK, version, version, mpk))
+    for version, data in sorted(mpk_data_by_version.items()):
+        steps.append(put_key_step(data, KeyUsage.MPK, version))
     steps.append(finish())
     return steps
+
+
+def psam_script(alg: crypto.Alg, transport_key: bytes, term_id: bytes, mpk_by_version: dict[int, bytes]) -> list[Step]:
+    """:func:`psam_steps` with clear MPKs."""
+    data = {version: put_key_data(alg, transport_key, version, mpk) for version, mpk in mpk_by_version.items()}
+    return psam_steps(term_id, data)
 
 
 ANONYMOUS_LIMIT_FEN = 100_000

@@ -13,35 +13,16 @@ from dataclasses import dataclass
 from cardos import crypto, perso
 from cardos.apdu import CommandAPDU
 from cardos.layout import (
-    CAPP_RECORD_COUNT,
-    CAPP_RECORD_LEN,
-    HOLDER_LEN,
-    LOG_RECORD_COUNT,
-    LOG_RECORD_LEN,
-    PSAM_ADF_FID,
-    PSAM_AID,
     PUBLIC_LEN,
-    PURSE_ADF_FID,
     PURSE_AID,
-    SFI_CAPP,
-    SFI_HOLDER,
-    SFI_LOG,
     SFI_PUBLIC,
-    SFI_SOCIAL,
-    SFI_TERM_ID,
-    SOCIAL_ADF_FID,
-    SOCIAL_AID,
-    SOCIAL_LEN,
-    TERM_ID_LEN,
-    Access,
-    FileKind,
     HolderData,
     KeyUsage,
     PublicData,
     SocialSecurityData,
 )
 from cardos.sw import SW
-from issuance.keys import PUT_KEY_DATA_LENGTH, Keystore
+from issuance.keys import Keystore
 from terminal.channel import Channel
 from terminal.errors import check_sw
 
@@ -70,70 +51,25 @@ class UserCardContents:
         return f"UserCardContents(card_no={self.public.card_no}, alg={self.alg:02X}, social={self.social is not None})"
 
 
-def put_key_step(data: bytes, usage: int, index: int = KEY_INDEX) -> perso.Step:
-    """PUT KEY with keystore-made data (``version ‖ alg ‖ tries ‖ E_KT(key) ‖ KCV``)."""
-    if len(data) != PUT_KEY_DATA_LENGTH:
-        raise ValueError("PUT KEY data is 22 bytes")
-    return perso.Step("PUT KEY", CommandAPDU(0x80, 0xD4, usage, index, data))
-
-
 def user_card_steps(keys: Keystore, contents: UserCardContents) -> list[perso.Step]:
-    """The personalisation script of a user card (spec §2.5), after EXTERNAL AUTHENTICATE."""
-    public_data, holder_data = contents.public.encode(), contents.holder.encode()
-    if len(public_data) != PUBLIC_LEN or len(holder_data) != HOLDER_LEN:
-        raise ValueError("EF 0015 is 30 bytes and EF 0016 56")
+    """The personalisation script of a user card (spec §2.5), after EXTERNAL AUTHENTICATE; every PUT KEY's
+    data comes from the keystore (:func:`cardos.perso.user_card_steps`)."""
     card_no = bytes.fromhex(contents.public.card_no)
     alg, version = contents.alg, contents.key_version
-
-    def put_key(usage: int) -> perso.Step:
-        return put_key_step(keys.put_key_data(alg, version, usage, card_no), usage)
-
-    steps = [perso.create_df(PURSE_ADF_FID, PURSE_AID)]
-    steps += [put_key(usage) for usage in PURSE_KEY_USAGES]
-    steps += [
-        perso.put_pin(contents.purse_pin),
-        perso.create_ef(0x0015, SFI_PUBLIC, FileKind.TRANSPARENT, PUBLIC_LEN, Access.FREE, Access.LINE_MAC),
-        perso.write_data(public_data),
-        perso.create_ef(0x0016, SFI_HOLDER, FileKind.TRANSPARENT, HOLDER_LEN, Access.FREE, Access.LINE_MAC),
-        perso.write_data(holder_data),
-        perso.create_ef(
-            0x0017, SFI_CAPP, FileKind.LINEAR, (CAPP_RECORD_LEN << 8) | CAPP_RECORD_COUNT, Access.FREE, Access.NEVER
-        ),
-        perso.create_ef(
-            0x0018, SFI_LOG, FileKind.CYCLIC, (LOG_RECORD_LEN << 8) | LOG_RECORD_COUNT, Access.FREE, Access.NEVER
-        ),
-        perso.init_purse(contents.purse_limit),
-    ]
-    if contents.social is not None:
-        if contents.social_pin is None:
-            raise ValueError("ADF 1002 needs a PIN")
-        social_data = contents.social.encode()
-        if len(social_data) != SOCIAL_LEN:
-            raise ValueError("EF 0005 is 64 bytes")
-        steps += [
-            perso.Step("SELECT", perso.SELECT_MF),
-            perso.create_df(SOCIAL_ADF_FID, SOCIAL_AID),
-            *(put_key(usage) for usage in SOCIAL_KEY_USAGES),
-            perso.put_pin(contents.social_pin),
-            perso.create_ef(0x0005, SFI_SOCIAL, FileKind.TRANSPARENT, SOCIAL_LEN, Access.PIN, Access.LINE_MAC),
-            perso.write_data(social_data),
-        ]
-    steps.append(perso.finish())
-    return steps
+    encoded = perso.CardContents(
+        public_data=contents.public.encode(),
+        holder_data=contents.holder.encode(),
+        purse_pin=contents.purse_pin,
+        purse_limit=contents.purse_limit,
+        social_data=contents.social.encode() if contents.social is not None else None,
+        social_pin=contents.social_pin,
+    )
+    return perso.user_card_steps(encoded, lambda usage: keys.put_key_data(alg, version, usage, card_no))
 
 
 def psam_steps(keys: Keystore, alg: crypto.Alg, key_version: int, term_id: str) -> list[perso.Step]:
     """The personalisation script of a PSAM (spec §3): EF 0016 = term_id, MPK of ``key_version``, FINISH."""
-    term_id_bytes = bytes.fromhex(term_id)
-    if len(term_id_bytes) != TERM_ID_LEN:
-        raise ValueError("term_id is 6 bytes")
-    return [
-        perso.create_df(PSAM_ADF_FID, PSAM_AID),
-        perso.create_ef(0x0016, SFI_TERM_ID, FileKind.TRANSPARENT, TERM_ID_LEN, Access.FREE, Access.NEVER),
-        perso.write_data(term_id_bytes),
-        put_key_step(keys.psam_put_key_data(alg, key_version), KeyUsage.MPK, key_version),
-        perso.finish(),
-    ]
+    return perso.psam_steps(bytes.fromhex(term_id), {key_version: keys.psam_put_key_data(alg, key_version)})
 
 
 def run_script(

@@ -9,11 +9,12 @@ import typer
 
 from cardos.crypto import Alg
 from onecard_cli.cards import card_app, terminal_app
-from onecard_cli.errors import CliError, guarded, stderr
 from onecard_cli.db import db_app
+from onecard_cli.errors import CliError, guarded, stderr
 from onecard_cli.keys import keys_app
 from onecard_cli.registry import registry_app
 from onecard_cli.sim import sim_app
+from onecard_cli.validator import validator_app
 
 app = typer.Typer(
     help="Citizen one-card system: cards, terminals, issuance, clearing.",
@@ -26,6 +27,7 @@ app.add_typer(card_app, name="card")
 app.add_typer(terminal_app, name="terminal")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(validator_app, name="validator")
 app.add_typer(registry_app, name="registry")
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

@@ -29,7 +29,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the project into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1
+  # pip's notes about this machine's unused local indexes and setuptools' editable-install banner are noise
+  .venv/bin/python -m pip install -q -e '.[dev]' 2> >(grep -v -e "^WARNING: Location" -e "BuildBackendWarning" >&2)
   touch "$stamp"
 fi

@@ -1,0 +1,10 @@
+"""Fixtures for the end-to-end tests: real PC/SC (pcscd with the vsmartcard vpcd driver) and its card slots.
+
+They live in ``tests/pcsc_fixtures.py``, shared with ``tests/integration``.
+"""
+
+from __future__ import annotations
+
+from pcsc_fixtures import pcscd, vpcd_slot, vpcd_slot1
+
+__all__ = ["pcscd", "vpcd_slot", "vpcd_slot1"]

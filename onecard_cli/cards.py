@@ -97,6 +97,7 @@ def snapshot_json(snap: CardSnapshot) -> dict[str, Any]:
             "phone": mask_phone(snap.holder.phone),
         },
         "balance": snap.balance,
+        "blocked": snap.blocked,
         "counters": {"online_seq": snap.online_seq, "offline_seq": snap.offline_seq},
         "log": [_log_json(r) for r in snap.log],
         "transit": _transit_json(snap.transit),
@@ -106,7 +107,8 @@ def snapshot_json(snap: CardSnapshot) -> dict[str, Any]:
 def _print_snapshot(doc: dict[str, Any]) -> None:
     console = Console()
     table = Table(title=f"Card {doc['public']['card_no']}", show_header=False)
-    table.add_row("balance", f"{doc['balance'] / 100:.2f} yuan ({doc['balance']} fen)")
+    balance = doc["balance"]
+    table.add_row("balance", "blocked" if balance is None else f"{balance / 100:.2f} yuan ({balance} fen)")
     table.add_row(
         "type",
         f"{doc['public']['card_type_name']}, {'registered' if doc['public']['registered'] else 'anonymous'}",

@@ -69,9 +69,14 @@ class UserCard:
     def _send(self, cmd: CommandAPDU, name: str, accept: tuple[int, ...] = (SW.OK,)) -> ResponseAPDU:
         return check_sw(self.channel.transmit(cmd), name, accept)
 
-    def select_purse(self) -> None:
-        """SELECT ADF 1001 (``6283`` — temporarily blocked — raises like any other refusal)."""
-        _select(self.channel, PURSE_AID, "SELECT purse")
+    def select_purse(self, *, allow_blocked: bool = False) -> bool:
+        """SELECT ADF 1001; returns True when it is temporarily blocked (``6283``), which raises like any other
+        refusal unless ``allow_blocked`` (reading a blocked card is allowed, spec §2.3)."""
+        accept = (SW.OK, SW.APP_BLOCKED_TEMP) if allow_blocked else (SW.OK,)
+        response = check_sw(
+            self.channel.transmit(CommandAPDU(0x00, 0xA4, 0x04, 0x00, PURSE_AID, 256)), "SELECT purse", accept
+        )
+        return response.sw == SW.APP_BLOCKED_TEMP
 
     def read_binary_sfi(self, sfi: int, length: int, name: str) -> bytes:
         """READ BINARY of a whole small file by SFI."""
@@ -110,9 +115,7 @@ class UserCard:
 
     def get_balance(self) -> int:
         """GET BALANCE."""
-        return int.from_bytes(
-            self._send(CommandAPDU(0x80, 0x5C, 0x00, 0x02, b"", 4), "GET BALANCE").data, "big"
-        )
+        return int.from_bytes(self._send(CommandAPDU(0x80, 0x5C, 0x00, 0x02, b"", 4), "GET BALANCE").data, "big")
 
     def initialize_purchase(
         self, amount: int, term_id: bytes, *, capp: bool, key_index: int = 1

@@ -63,11 +63,14 @@ class CardSnapshot:
     atr: bytes
     public: PublicData
     holder: HolderData
-    balance: int
+    balance: int | None
+    """``None`` while the purse is blocked (GET BALANCE answers ``9303``)."""
     online_seq: int | None
     offline_seq: int | None
     log: list[LogRecord]
     transit: TransitRecord | None
+    blocked: bool = False
+    """The purse application is temporarily blocked (SELECT answered ``6283``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,20 +166,20 @@ class PurseTerminal:
         """
         card = UserCard(channel)
         try:
-            card.select_purse()
+            blocked = card.select_purse(allow_blocked=True)
             public = card.read_public()
             holder = card.read_holder()
-            balance = card.get_balance()
+            balance = None if blocked else card.get_balance()
             records = card.read_log()
             transit_raw = card.read_record(0x17, 1, 48, "READ RECORD 0017")
             online = offline = None
-            if counters:
+            if counters and not blocked:
                 online = self._counter(lambda: card.initialize_load(0, term_id).online_seq)
                 offline = self._counter(lambda: card.initialize_purchase(0, term_id, capp=False).offline_seq)
         except CardStatusError as exc:
             raise self._refusal(exc) from exc
         transit = TransitRecord.decode(transit_raw) if transit_raw else None
-        return CardSnapshot(channel.atr, public, holder, balance, online, offline, records, transit)
+        return CardSnapshot(channel.atr, public, holder, balance, online, offline, records, transit, blocked)
 
     @staticmethod
     def _counter(read: Callable[[], int]) -> int | None:
@@ -276,6 +279,8 @@ class PurseTerminal:
                     if recovered.outcome is _Outcome.RETRY and recovered.channel is not None:
                         channel = recovered.channel
                         card = UserCard(channel)
+                        if capp_record is not None:  # recompute from the card as it is now
+                            new_record = capp_record(public, card.read_capp_record(1))
                         continue
                     if recovered.outcome is _Outcome.UNCONFIRMED:
                         self.notify("the card left before the purchase could be confirmed")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from backoffice.db import UnitOfWork, make_engine, session_factory
@@ -15,7 +18,13 @@ from backoffice.errors import OnecardError
 from backoffice.settings import Settings
 
 if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+    from api.counter_service import CounterContext
+    from api.desks import DeskReaders
     from api.devices import HotlistSource
+    from api.observability import ApiMetrics
+    from api.ratelimit import RateLimiter, RateLimits
 
 
 class ServiceUnavailable(OnecardError):
@@ -23,6 +32,14 @@ class ServiceUnavailable(OnecardError):
 
     code = "unavailable"
     http_status = 503
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    """A PostgreSQL pool sized for the thread pool that runs the endpoints (40 threads, at most two connections
+    each at a time): 10 kept open, up to 45."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return {"pool_size": 10, "max_overflow": 35, "pool_timeout": 30}
+    return {}
 
 
 @dataclass
@@ -34,12 +51,55 @@ class AppState:
     sessions: sessionmaker[Session]
     hotlist_source: HotlistSource | None = None
     """Where ``GET /devices/hotlist`` reads the hotlist (issuance's); ``None``: an empty hotlist."""
+    counter: CounterContext | None = None
+    """Keys, personal-data vault and issuer profile of the counter; built on first use from the environment
+    (:meth:`CounterContext.from_environment`) unless set (tests, the bench)."""
+    desk_readers: DeskReaders = field(default=None)  # type: ignore[assignment]
+    """How requests reach the card in a desk's reader (PC/SC by default; tests put simulated cards here)."""
+    limiter: RateLimiter = field(default=None)  # type: ignore[assignment]
+    rate_limits: RateLimits = field(default=None)  # type: ignore[assignment]
+    password_hasher: PasswordHasher = field(default=None)  # type: ignore[assignment]
+    session_ttl: timedelta = timedelta(hours=8)
+    metrics: ApiMetrics = field(default=None)  # type: ignore[assignment]
+    _counter_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: Settings) -> AppState:
-        """Engine and session factory for the configured database."""
-        engine = make_engine(settings.database_url)
-        return cls(settings, engine, session_factory(engine))
+        """Engine, session factory, and the defaults: issuance's hotlist, PC/SC desk readers, rate limits
+        (Redis when configured), argon2id, metrics."""
+        from api.desks import PcscDeskReaders
+        from api.hotlist import IssuanceHotlist
+        from api.observability import ApiMetrics
+        from api.ratelimit import RateLimits, limiter_for
+        from api.staff_auth import DEFAULT_HASHER, SESSION_TTL
+
+        engine = make_engine(settings.database_url, **_engine_options(settings.database_url))
+        return cls(
+            settings,
+            engine,
+            session_factory(engine),
+            hotlist_source=IssuanceHotlist(),
+            desk_readers=PcscDeskReaders(),
+            limiter=limiter_for(settings.redis_url),
+            rate_limits=RateLimits.from_environment(),
+            password_hasher=DEFAULT_HASHER,
+            session_ttl=SESSION_TTL,
+            metrics=ApiMetrics(engine),
+        )
+
+    def new_uow(self) -> UnitOfWork:
+        """A new (not yet entered) unit of work on the application's database."""
+        return UnitOfWork(self.sessions)
+
+    def counter_context(self) -> CounterContext:
+        """The counter's context, built from the environment on first use (503 when it cannot be)."""
+        if self.counter is None:
+            from api.counter_service import CounterContext
+
+            with self._counter_lock:
+                if self.counter is None:
+                    self.counter = CounterContext.from_environment(self.settings)
+        return self.counter
 
     def check_database(self) -> None:
         """Raise :class:`ServiceUnavailable` when the database does not answer."""
@@ -49,11 +109,23 @@ class AppState:
         except Exception as exc:
             raise ServiceUnavailable("the database does not answer") from exc
 
+    def check_redis(self) -> None:
+        """Raise :class:`ServiceUnavailable` when Redis is configured and does not answer."""
+        ping: Callable[[], bool] | None = getattr(self.limiter, "ping", None)
+        if self.settings.redis_url and ping is not None and not ping():
+            raise ServiceUnavailable("Redis does not answer")
+
     def routers(self) -> list[APIRouter]:
         """Every router of the application (modules register here as they are built)."""
-        from api import devices
+        from api import counter, devices, finance_routes, staff
 
-        routers: list[APIRouter] = [devices.router]
+        routers: list[APIRouter] = [
+            devices.router,
+            staff.auth_router,
+            staff.admin_router,
+            counter.router,
+            finance_routes.router,
+        ]
         return routers
 
 

@@ -83,9 +83,34 @@ def bench_clearing(
 
 @bench_app.command("api")
 @guarded
-def bench_api(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """API loads per second against the framework's no-op endpoint."""
-    _not_built("the API benchmark", 7)
+def bench_api(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    clients: Annotated[int, typer.Option("--clients", min=1)] = 16,
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0)] = 10.0,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+) -> None:
+    """API loads per second and p50 / p99 under concurrent clients, against the no-op endpoint of the same run."""
+    from onecard_cli.bench_api import bench_api as run
+
+    doc = run(stderr, clients=clients, seconds=seconds, workers=workers)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            typer.echo(f"{key:28} {value}")
+
+
+@app.command()
+@guarded
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 1,
+) -> None:
+    """The API and the web pages."""
+    from onecard_cli.serve import serve as run
+
+    run(host, port, workers=workers)
 
 
 if __name__ == "__main__":

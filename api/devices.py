@@ -33,6 +33,7 @@ from backoffice.errors import Forbidden, InvalidInput, NotFound
 from cardos.batch import COLUMNS, BatchFormatError, BatchRecord
 from clearing import bills
 from clearing.inbox import receive_batch
+from clearing.intake import ingest_after_commit
 from clearing.registry import FARE_DOCUMENT_KEYS, DeviceIdentity, fare_table_in_force
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -285,6 +286,7 @@ def _require_kind(device: DeviceIdentity, kinds: tuple[str, ...], what: str) -> 
 )
 def upload_batch(request: Request, device: Device, uow: Work, body: Body, now: Now) -> BatchReceiptOut:
     """Upload a batch file (spec §5) signed with ``X-Batch-Signature``; idempotent by ``batch_id``."""
+    ingest_after_commit(uow, get_state(request).settings)  # clearing ingests it once the upload has committed
     receipt = receive_batch(uow, device, body, request.headers.get("x-batch-signature"), now)
     return BatchReceiptOut(
         batch_id=receipt.batch_id, status=receipt.status, records=receipt.records, amount_total=receipt.amount_total

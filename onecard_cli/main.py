@@ -9,6 +9,7 @@ import typer
 
 from cardos.crypto import Alg
 from onecard_cli.cards import card_app, terminal_app
+from onecard_cli.clearing import clearing_app
 from onecard_cli.db import db_app
 from onecard_cli.errors import CliError, guarded, stderr
 from onecard_cli.keys import keys_app
@@ -27,6 +28,7 @@ app.add_typer(card_app, name="card")
 app.add_typer(terminal_app, name="terminal")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(clearing_app, name="clearing")
 app.add_typer(validator_app, name="validator")
 app.add_typer(registry_app, name="registry")
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
@@ -67,18 +69,21 @@ def bench_tap(
             typer.echo(f"{key:28} {value}")
 
 
-def _not_built(what: str, issue: int) -> None:
-    raise CliError(f"{what} is not built yet (issue #{issue})")
-
-
 @bench_app.command("clearing")
 @guarded
 def bench_clearing(
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    records: Annotated[int, typer.Option("--records", min=1)] = 100_000,
+    records: Annotated[int, typer.Option("--records", min=1)] = 1_000_000,
 ) -> None:
-    """Clearing throughput against raw PostgreSQL COPY."""
-    _not_built("the clearing benchmark", 6)
+    """Ingest, verify, classify, post and settle N generated records on PostgreSQL, against raw COPY of them."""
+    from onecard_cli.bench_clearing import bench_clearing as run
+
+    doc = run(records, progress=stderr)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            typer.echo(f"{key:28} {value}")
 
 
 @bench_app.command("api")
@@ -98,6 +103,15 @@ def bench_api(
     else:
         for key, value in doc.items():
             typer.echo(f"{key:28} {value}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@guarded
+def worker(ctx: typer.Context) -> None:
+    """A Celery worker for clearing (needs ONECARD_REDIS_URL); extra options go to Celery."""
+    from clearing.tasks import worker_main
+
+    worker_main(list(ctx.args))
 
 
 @app.command()

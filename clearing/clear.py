@@ -1,0 +1,614 @@
+"""Clear one operator's clearing day (issue #6 "Verify and classify", "Ledger and settlement").
+
+:func:`clear_operator` runs in one unit of work:
+
+1. the operator's records to decide: new ones (dated up to the day, or impossible: after their batch was made)
+   and pending ones;
+2. the facts around them, set-wise: devices, cards and their hotlist times, the card chains (the records near
+   them, the last one before, the counter predecessors), each PSAM's previous record, issuance's loads, the bills;
+3. :func:`clearing.rules.classify` for each record (pure);
+4. settled and suspicious purchases post against the float, or against suspense when the card's balance has
+   already been paid out (issuance's settlement is final); the cards' shadows go down set-wise, with issuance's
+   purse movements;
+5. the verdicts, then the ledger: the day's gross into ``clearing:<op>``, then settlement into ``payable:<op>``
+   and ``fee_income`` with the fee of the whole day rounded half up once (cli.md), and the operator's statement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import BigInteger, String, column, select, table, text
+from sqlalchemy.orm import Session
+
+from clearing import bulk, ledger
+from clearing.models import Bill, Device, Operator
+from clearing.registry import fee_schedule_on
+from clearing.rules import (
+    DEFAULT_POLICY,
+    FLOAT,
+    PURCHASE_TYPES,
+    SUSPENSE,
+    Candidate,
+    CardChain,
+    CardFact,
+    ChainRecord,
+    Code,
+    Decision,
+    DeviceFact,
+    FeeSchedule,
+    Klass,
+    LoadMatch,
+    Policy,
+    classify,
+    clearing_account,
+    day_fee,
+    entry,
+    settlement_movements,
+)
+from issuance.models import BalanceSettlement, Card, Load
+
+log = logging.getLogger("onecard.clearing.clear")
+
+LOOKBACK = 86_400
+"""Seconds of a card's history read together with the records being decided (older: the last one, and lookups)."""
+POSTED = ("float", "suspense")
+VERDICT_COLUMNS = (
+    "record_id", "verdict_no", "clearing_day", "run_id", "operator_id", "class", "code", "late", "posting",
+    "posted_from", "amount", "entry_ref", "action_id",
+)  # fmt: skip
+COUNTED_LOADS = frozenset({"ok", "proof"})
+FINAL_SETTLEMENTS = ("ready", "done")
+CLEARING_ACTOR = "clearing"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """The run a task belongs to: its id, clearing day and number within the day."""
+
+    run_id: int
+    day: date
+    run_no: int
+
+
+class _Todo(NamedTuple):
+    record_id: int
+    role: str
+    txn_type: str
+    card_no: str
+    card_seq: int
+    amount: int
+    balance_before: int
+    term_id: str
+    term_seq: int
+    device_seq: int
+    txn_date: str
+    txn_epoch: int
+    status: str
+    tac_check: str
+    ref: str
+    ingest_id: int
+    batch_term_id: str
+    batch_device_kind: str
+    batch_created_epoch: int
+    last_verdict: int
+
+
+@dataclass
+class ClearResult:
+    """What clearing one operator's day decided and posted."""
+
+    operator_id: str
+    decided: Counter[str] = field(default_factory=Counter)
+    posted: int = 0
+    """Fen settled into the clearing account by this task."""
+    gross: int = 0
+    fee: int = 0
+    payable: int = 0
+
+
+def db_timestamp(session: Session, moment: datetime) -> Any:
+    """A UTC timestamp as the dialect stores it (SQLite: the text SQLAlchemy writes for DateTime)."""
+    if bulk.is_postgres(session):
+        return moment
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _todo(session: Session, run: RunRef, operator_id: str, policy: Policy) -> list[_Todo]:
+    columns = (
+        "r.id, r.role, r.txn_type, r.card_no, r.card_seq, r.amount, r.balance_before, r.term_id, r.term_seq, "
+        "r.device_seq, r.txn_date, r.txn_epoch, r.status, r.tac_check, r.ref, r.ingest_id, b.term_id, "
+        "b.device_kind, b.created_epoch"
+    )
+    rows = bulk.fetch_rows(
+        session,
+        f"SELECT {columns}, 0 FROM batch_ingest b JOIN clearing_record r "
+        "ON r.id BETWEEN b.first_record_id AND b.last_record_id "
+        "WHERE b.operator_id = :op AND b.claim_run_id IS NOT NULL AND b.claim_run_id <= :run "
+        "AND b.open_records > 0 AND r.role IN ('primary', 'conflict') "
+        "AND (r.txn_date <= :day OR r.txn_epoch > b.created_epoch + :skew) "
+        "AND NOT EXISTS (SELECT 1 FROM clearing_verdict v WHERE v.record_id = r.id) "
+        f"UNION ALL SELECT {columns}, v.verdict_no FROM clearing_verdict v "
+        "JOIN clearing_record r ON r.id = v.record_id JOIN batch_ingest b ON b.id = r.ingest_id "
+        "WHERE v.class = 'pending' AND v.operator_id = :op AND r.role = 'primary' "
+        "AND NOT EXISTS (SELECT 1 FROM clearing_verdict w WHERE w.record_id = v.record_id "
+        "AND w.verdict_no > v.verdict_no)",
+        {"op": operator_id, "run": run.run_id, "day": run.day.strftime("%Y%m%d"), "skew": policy.future_skew},
+    )
+    return sorted((_Todo(*row) for row in rows), key=lambda todo: todo.record_id)
+
+
+_TMP_CARDS = table("clearing_tmp_cards", column("card_no", String()))
+
+
+def _temp_cards(session: Session, since_by_card: dict[str, int], until_by_card: dict[str, int | None]) -> None:
+    bulk.temp_table(session, "clearing_tmp_cards", "card_no text, since bigint, until bigint")
+    bulk.insert_rows(
+        session,
+        "clearing_tmp_cards",
+        ("card_no", "since", "until"),
+        [(card_no, since, until_by_card[card_no]) for card_no, since in sorted(since_by_card.items())],
+    )
+    bulk.analyze(session, "clearing_tmp_cards")
+
+
+def _devices(session: Session) -> dict[str, DeviceFact]:
+    facts: dict[str, DeviceFact] = {}
+    for term_id, kind, status, updated_at in session.execute(
+        select(Device.term_id, Device.kind, Device.status, Device.updated_at)
+    ):
+        retired = int(updated_at.timestamp()) if status == "retired" else None
+        facts[term_id] = DeviceFact(term_id, kind, retired)
+    return facts
+
+
+def _cards(session: Session) -> dict[str, CardFact]:
+    rows = session.execute(
+        select(Card.card_no, Card.hotlisted_at).where(Card.card_no.in_(select(_TMP_CARDS.c.card_no)))
+    )
+    return {
+        card_no: CardFact(int(hotlisted.timestamp()) if hotlisted is not None else None) for card_no, hotlisted in rows
+    }
+
+
+def _chains(session: Session, todos: Sequence[_Todo], since_by_card: dict[str, int]) -> dict[str, CardChain]:
+    """Each touched card's chain: its records from ``since``, the last one before, and counter predecessors."""
+    chain_columns = (
+        "r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, "
+        "CASE WHEN r.status = 'unconfirmed' THEN 1 ELSE 0 END, r.card_no"
+    )
+    usable = "r.role = 'primary' AND r.tac_check IN ('ok', 'none')"
+    rows = bulk.fetch_rows(
+        session,
+        f"SELECT {chain_columns} FROM clearing_record r JOIN clearing_tmp_cards t ON r.card_no = t.card_no "
+        f"AND r.txn_epoch >= t.since AND (t.until IS NULL OR r.txn_epoch <= t.until) WHERE {usable}",
+    )
+    anchors = bulk.fetch_rows(
+        session,
+        "SELECT t.card_no, (SELECT r.id FROM clearing_record r WHERE r.card_no = t.card_no AND r.txn_epoch < t.since "
+        f"AND {usable} ORDER BY r.txn_epoch DESC, r.family DESC, r.card_seq DESC LIMIT 1) FROM clearing_tmp_cards t",
+    )
+    anchored = {card_no for card_no, anchor in anchors if anchor is not None}
+    anchor_ids = [int(anchor) for _, anchor in anchors if anchor is not None]
+    rows += _rows_by_id(session, chain_columns, anchor_ids)
+    records: dict[str, list[ChainRecord]] = defaultdict(list)
+    keys: set[tuple[str, int, int]] = set()
+    make = ChainRecord._make
+    for row in rows:
+        card_no = row[7]
+        records[card_no].append(make(row[:7]))
+        keys.add((card_no, row[1], row[2]))
+    missing = {
+        (todo.card_no, 0 if todo.txn_type == "02" else 1, todo.card_seq - 1)
+        for todo in todos
+        if todo.card_seq > 0
+    } - keys
+    for row in _rows_by_key(session, chain_columns, sorted(missing)):
+        records[row[7]].append(make(row[:7]))
+    return {
+        card_no: CardChain(records.get(card_no, []), complete_history=card_no not in anchored)
+        for card_no in since_by_card
+    }
+
+
+def _rows_by_id(session: Session, columns: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(ids), 1000):
+        listed = ",".join(str(i) for i in ids[start : start + 1000])
+        found += bulk.fetch_rows(session, f"SELECT {columns} FROM clearing_record r WHERE r.id IN ({listed})")
+    return found
+
+
+def _rows_by_key(session: Session, columns: str, keys: Sequence[tuple[str, int, int]]) -> list[tuple[Any, ...]]:
+    if not keys:
+        return []
+    bulk.temp_table(session, "clearing_tmp_keys", "card_no text, family smallint, seq integer")
+    bulk.insert_rows(session, "clearing_tmp_keys", ("card_no", "family", "seq"), keys)
+    rows = bulk.fetch_rows(
+        session,
+        f"SELECT {columns} FROM clearing_record r JOIN clearing_tmp_keys k ON r.card_no = k.card_no "
+        "AND r.family = k.family AND r.card_seq = k.seq WHERE r.role = 'primary' AND r.tac_check IN ('ok', 'none')",
+    )
+    bulk.drop_temp_table(session, "clearing_tmp_keys")
+    return rows
+
+
+def _previous_term_seqs(session: Session, todos: Sequence[_Todo]) -> dict[tuple[str, int], int]:
+    """``(term_id, device_seq) → term_seq`` around the records being decided (the PSAM's sequence).
+
+    Read through the terminal key (term_seq and device_seq grow together on a terminal): each terminal's records
+    from the one before its lowest term_seq among the records being decided up to its highest.
+    """
+    ranges: dict[str, tuple[int, int]] = {}
+    for todo in todos:
+        low, high = ranges.get(todo.term_id, (todo.term_seq, todo.term_seq))
+        ranges[todo.term_id] = (min(low, todo.term_seq), max(high, todo.term_seq))
+    if not ranges:
+        return {}
+    bulk.temp_table(session, "clearing_tmp_terms", "term_id text, low bigint, high bigint")
+    bulk.insert_rows(
+        session, "clearing_tmp_terms", ("term_id", "low", "high"), [(t, lo, hi) for t, (lo, hi) in ranges.items()]
+    )
+    session.execute(
+        text(
+            "UPDATE clearing_tmp_terms SET low = coalesce((SELECT max(r.term_seq) FROM clearing_record r "
+            "WHERE r.term_id = clearing_tmp_terms.term_id AND r.role = 'primary' "
+            "AND r.term_seq < clearing_tmp_terms.low), low)"
+        )
+    )
+    rows = bulk.fetch_rows(
+        session,
+        "SELECT r.term_id, r.device_seq, r.term_seq FROM clearing_record r JOIN clearing_tmp_terms t "
+        "ON r.term_id = t.term_id AND r.term_seq BETWEEN t.low AND t.high WHERE r.role = 'primary'",
+    )
+    bulk.drop_temp_table(session, "clearing_tmp_terms")
+    found: dict[tuple[str, int], int] = {}
+    for term_id, device_seq, term_seq in rows:
+        found.setdefault((str(term_id), int(device_seq)), int(term_seq))
+    return found
+
+
+def _load_matches(session: Session, todos: Sequence[_Todo]) -> dict[int, LoadMatch]:
+    loads = [todo for todo in todos if todo.txn_type == "02"]
+    if not loads:
+        return {}
+    wanted = sorted({(todo.term_id, todo.term_seq) for todo in loads})
+    bulk.temp_table(session, "clearing_tmp_loads", "term_id text, term_seq bigint")
+    bulk.insert_rows(session, "clearing_tmp_loads", ("term_id", "term_seq"), wanted)
+    keys = table("clearing_tmp_loads", column("term_id", String()), column("term_seq", BigInteger()))
+    found: dict[tuple[str, int], tuple[str, int, int, str]] = {}
+    for term_id, term_seq, card_no, online_seq, amount, status in session.execute(
+        select(Load.term_id, Load.term_seq, Load.card_no, Load.online_seq, Load.amount, Load.status).join(
+            keys, (keys.c.term_id == Load.term_id) & (keys.c.term_seq == Load.term_seq)
+        )
+    ):
+        found[(term_id, term_seq)] = (card_no, online_seq, amount, str(status))
+    bulk.drop_temp_table(session, "clearing_tmp_loads")
+    matches: dict[int, LoadMatch] = {}
+    for todo in loads:
+        load = found.get((todo.term_id, todo.term_seq))
+        if load is None or load[:3] != (todo.card_no, todo.card_seq, todo.amount):
+            matches[todo.record_id] = LoadMatch.MISSING
+        else:
+            matches[todo.record_id] = LoadMatch.COUNTED if load[3] in COUNTED_LOADS else LoadMatch.NOT_COUNTED
+    return matches
+
+
+def _bill_matches(session: Session, operator_id: str, todos: Sequence[_Todo]) -> set[int]:
+    """Utility payments matched to their bill: paid by this very record, for this amount, to this operator."""
+    refs = sorted({todo.ref for todo in todos if todo.ref and todo.txn_type in PURCHASE_TYPES})
+    paid: dict[str, tuple[str | None, int | None, str | None, int | None, str]] = {}
+    for start in range(0, len(refs), 1000):
+        for bill_no, term_id, term_seq, card_no, amount, bill_operator in session.execute(
+            select(
+                Bill.bill_no,
+                Bill.payment_term_id,
+                Bill.payment_term_seq,
+                Bill.payment_card_no,
+                Bill.amount_paid,
+                Bill.operator_id,
+            ).where(Bill.bill_no.in_(refs[start : start + 1000]), Bill.status == "paid")
+        ):
+            paid[bill_no] = (term_id, term_seq, card_no, amount, bill_operator)
+    return {
+        todo.record_id
+        for todo in todos
+        if paid.get(todo.ref) == (todo.term_id, todo.term_seq, todo.card_no, todo.amount, operator_id)
+    }
+
+
+def decide(
+    session: Session, run: RunRef, operator_id: str, todos: Sequence[_Todo], policy: Policy
+) -> dict[int, Decision]:
+    """Classify the records (spec §5) with the facts looked up set-wise."""
+    if not todos:
+        return {}
+    operator = session.get(Operator, operator_id)
+    utility = operator is not None and operator.kind == "utility"
+    since: dict[str, int] = {}
+    until: dict[str, int | None] = {}
+    for todo in todos:
+        card_no = todo.card_no
+        since[card_no] = min(since.get(card_no, todo.txn_epoch), todo.txn_epoch - LOOKBACK)
+        if todo.status == "unconfirmed" or (card_no in until and until[card_no] is None):
+            until[card_no] = None  # what confirms it comes later: everything after it
+        else:
+            latest = until.get(card_no)
+            until[card_no] = max(latest or 0, todo.txn_epoch + policy.future_skew)
+    _temp_cards(session, since, until)
+    devices = _devices(session)
+    cards = _cards(session)
+    chains = _chains(session, todos, since)
+    previous = _previous_term_seqs(session, todos)
+    loads = _load_matches(session, todos)
+    bills = _bill_matches(session, operator_id, todos) if utility else set()
+    decisions: dict[int, Decision] = {}
+    for todo in todos:
+        candidate = Candidate(
+            record_id=todo.record_id,
+            role=todo.role,
+            txn_type=todo.txn_type,
+            card_no=todo.card_no,
+            card_seq=todo.card_seq,
+            amount=todo.amount,
+            balance_before=todo.balance_before,
+            term_id=todo.term_id,
+            term_seq=todo.term_seq,
+            device_seq=todo.device_seq,
+            txn_date=todo.txn_date,
+            txn_epoch=todo.txn_epoch,
+            status=todo.status,
+            tac_check=todo.tac_check,
+            batch_term_id=todo.batch_term_id,
+            batch_device_kind=todo.batch_device_kind,
+            batch_created_epoch=todo.batch_created_epoch,
+            utility=utility,
+            device=devices.get(todo.term_id),
+            card=cards.get(todo.card_no),
+            previous_term_seq=previous.get((todo.term_id, todo.device_seq - 1)),
+            load_match=loads.get(todo.record_id),
+            bill_matched=todo.record_id in bills,
+        )
+        decisions[todo.record_id] = classify(candidate, chains[todo.card_no], run.day, policy)
+    return decisions
+
+
+class BalanceMovedOn(Exception):
+    """A card's balance became final (issuance settled it) while its purchases were being posted: start over."""
+
+
+def _final_balances(session: Session, card_nos: Iterable[str], *, lock: bool) -> set[str]:
+    """Cards among ``card_nos`` whose balance issuance has settled for good (ready or done); with ``lock``, the
+    cards are locked first (in card_no order: no deadlocks) so that it stays so until commit."""
+    wanted = sorted(set(card_nos))
+    if not wanted:
+        return set()
+    bulk.temp_table(session, "clearing_tmp_post", "card_no text PRIMARY KEY")
+    bulk.insert_rows(session, "clearing_tmp_post", ("card_no",), [(c,) for c in wanted])
+    if lock and bulk.is_postgres(session):
+        session.execute(
+            text(
+                "SELECT c.id FROM cards c JOIN clearing_tmp_post p ON p.card_no = c.card_no "
+                "ORDER BY c.card_no FOR UPDATE OF c"
+            )
+        ).all()
+    tmp = table("clearing_tmp_post", column("card_no", String()))
+    final = session.scalars(
+        select(Card.card_no)
+        .join(BalanceSettlement, BalanceSettlement.from_card_id == Card.id)
+        .where(Card.card_no.in_(select(tmp.c.card_no)), BalanceSettlement.status.in_(FINAL_SETTLEMENTS))
+    ).all()
+    bulk.drop_temp_table(session, "clearing_tmp_post")
+    return set(final)
+
+
+def _lock_and_find_final(session: Session, card_nos: Iterable[str]) -> set[str]:
+    """Lock the cards whose shadows will move; those whose balance is final."""
+    return _final_balances(session, card_nos, lock=True)
+
+
+def lower_shadows(session: Session, day: date, operator_id: str, reference: str, rows: Sequence[_Todo]) -> None:
+    """The set-wise twin of ``issuance.services.record_cleared_purchase``: settled purchases lower each card's
+    shadow balance and raise its offline counter, with one purse movement per card (``card:<no>`` →
+    ``cleared_purchases``). The caller holds the cards' locks and has kept final balances out."""
+    per_card: dict[str, list[int]] = {}
+    for todo in rows:
+        amount, next_seq, epoch = per_card.get(todo.card_no, [0, 0, 0])
+        per_card[todo.card_no] = [
+            amount + todo.amount,
+            max(next_seq, todo.card_seq + 1),
+            max(epoch, todo.txn_epoch),
+        ]
+    if not per_card:
+        return
+    at_type = "timestamptz" if bulk.is_postgres(session) else "text"
+    bulk.temp_table(
+        session, "clearing_tmp_shadow", f"card_no text PRIMARY KEY, amount bigint, next_seq integer, at {at_type}"
+    )
+    bulk.insert_rows(
+        session,
+        "clearing_tmp_shadow",
+        ("card_no", "amount", "next_seq", "at"),
+        [
+            (card_no, amount, next_seq, db_timestamp(session, datetime.fromtimestamp(epoch, UTC)))
+            for card_no, (amount, next_seq, epoch) in sorted(per_card.items())
+        ],
+    )
+    if bulk.is_postgres(session):
+        session.execute(
+            text(
+                "UPDATE cards c SET shadow_balance = c.shadow_balance - d.amount, "
+                "shadow_offline_seq = GREATEST(c.shadow_offline_seq, d.next_seq), "
+                "shadow_updated_at = GREATEST(coalesce(c.shadow_updated_at, d.at), d.at), "
+                "row_version = c.row_version + 1 FROM clearing_tmp_shadow d WHERE c.card_no = d.card_no"
+            )
+        )
+    else:
+        session.execute(
+            text(
+                "UPDATE cards SET shadow_balance = shadow_balance - d.amount, "
+                "shadow_offline_seq = max(shadow_offline_seq, d.next_seq), "
+                "shadow_updated_at = CASE WHEN shadow_updated_at IS NULL OR shadow_updated_at < d.at "
+                "THEN d.at ELSE shadow_updated_at END, row_version = row_version + 1 "
+                "FROM clearing_tmp_shadow d WHERE cards.card_no = d.card_no"
+            )
+        )
+    session.execute(
+        text(
+            "INSERT INTO purse_movements (kind, from_account, to_account, amount, reference, at, actor_id) "
+            "SELECT 'purchase', 'card:' || d.card_no, 'cleared_purchases', d.amount, :reference, d.at, :actor "
+            "FROM clearing_tmp_shadow d WHERE d.amount > 0 ORDER BY d.card_no"
+        ),
+        {"reference": reference[:80], "actor": CLEARING_ACTOR},
+    )
+    bulk.drop_temp_table(session, "clearing_tmp_shadow")
+
+
+def _schedule(session: Session, operator_id: str, day: date) -> FeeSchedule | None:
+    view = fee_schedule_on(session, operator_id, day)
+    return None if view is None else FeeSchedule(view.percent, view.per_txn)
+
+
+def settle_operator_day(session: Session, day: date, operator_id: str, entry_ref: str) -> tuple[int, int, int]:
+    """Settle what the operator's clearing account holds for ``day``: into its payable, less the day's fee
+    (rounded half up once over the whole day, cli.md); keep the statement. Returns (gross, fee, payable)."""
+    count, paid, gross = (
+        int(value)
+        for value in session.execute(
+            text(
+                "SELECT coalesce(sum(CASE WHEN posting = 'reverse' THEN -1 ELSE 1 END), 0), "
+                "coalesce(sum(CASE WHEN amount = 0 THEN 0 WHEN posting = 'reverse' THEN -1 ELSE 1 END), 0), "
+                "coalesce(sum(amount), 0) FROM clearing_verdict "
+                "WHERE clearing_day = :day AND operator_id = :op AND posting IS NOT NULL"
+            ),
+            {"day": day, "op": operator_id},
+        ).one()
+    )
+    fee = day_fee(_schedule(session, operator_id, day), gross, paid)
+    before = session.execute(
+        text("SELECT amount, fee FROM clearing_statement WHERE clearing_day = :day AND operator_id = :op"),
+        {"day": day, "op": operator_id},
+    ).first()
+    settled_gross, settled_fee = (int(before[0]), int(before[1])) if before is not None else (0, 0)
+    settlement = entry(
+        entry_ref,
+        day,
+        "settle",
+        operator_id,
+        f"settlement of {operator_id} for {day.isoformat()}",
+        settlement_movements(operator_id, gross - settled_gross, fee - settled_fee),
+    )
+    if settlement is not None:
+        ledger.post(session, settlement)
+    if before is None and count == 0 and gross == 0:
+        return 0, 0, 0  # nothing cleared for the operator on this day: no statement
+    values = {
+        "day": day,
+        "op": operator_id,
+        "n": count,
+        "paid": paid,
+        "amount": gross,
+        "fee": fee,
+        "payable": gross - fee,
+    }
+    if before is None:
+        session.execute(
+            text(
+                "INSERT INTO clearing_statement (clearing_day, operator_id, record_count, paid_count, amount, fee, "
+                "payable) VALUES (:day, :op, :n, :paid, :amount, :fee, :payable)"
+            ),
+            values,
+        )
+    else:
+        session.execute(
+            text(
+                "UPDATE clearing_statement SET record_count = :n, paid_count = :paid, amount = :amount, fee = :fee, "
+                "payable = :payable WHERE clearing_day = :day AND operator_id = :op"
+            ),
+            values,
+        )
+    return gross, fee, gross - fee
+
+
+def clear_operator(session: Session, run: RunRef, operator_id: str, policy: Policy = DEFAULT_POLICY) -> ClearResult:
+    """Decide, post and settle one operator's records for the run's clearing day (does not commit)."""
+    result = ClearResult(operator_id)
+    ledger.ensure_accounts(session, [operator_id])
+    todos = _todo(session, run, operator_id, policy)
+    decisions = decide(session, run, operator_id, todos, policy)
+    day_text = run.day.isoformat()
+    clear_ref = f"{day_text}/clear/{operator_id}/r{run.run_no}"
+    posted = [
+        todo
+        for todo in todos
+        if todo.txn_type in PURCHASE_TYPES and decisions[todo.record_id].klass in (Klass.SETTLED, Klass.SUSPICIOUS)
+    ]
+    final = _final_balances(session, (todo.card_no for todo in posted), lock=False)
+    verdicts: list[tuple[Any, ...]] = []
+    opened: Counter[int] = Counter()
+    on_float: list[_Todo] = []
+    amounts = {FLOAT: 0, SUSPENSE: 0}
+    posted_ids = {todo.record_id for todo in posted}
+    for todo in todos:
+        decision = decisions[todo.record_id]
+        if todo.last_verdict and decision.klass is Klass.PENDING:
+            continue  # still pending: nothing new to say
+        klass, code, posting, amount = decision.klass, decision.code, None, 0
+        if todo.record_id in posted_ids:
+            if todo.card_no in final:
+                klass, code, posting = Klass.SUSPICIOUS, Code.BALANCE_FINAL, SUSPENSE
+            else:
+                posting = FLOAT
+                on_float.append(todo)
+            amount = todo.amount
+            amounts[posting] += amount
+        verdicts.append(
+            (todo.record_id, todo.last_verdict + 1, run.day, run.run_id, operator_id, str(klass), str(code),
+             decision.late, posting, None, amount, clear_ref if posting else None, None)
+        )  # fmt: skip
+        if not todo.last_verdict:
+            opened[todo.ingest_id] += 1
+        result.decided[str(klass)] += 1
+    if verdicts:
+        bulk.insert_rows(session, "clearing_verdict", VERDICT_COLUMNS, verdicts)
+    for ingest_id, count in sorted(opened.items()):
+        session.execute(
+            text("UPDATE batch_ingest SET open_records = open_records - :n WHERE id = :i"), {"n": count, "i": ingest_id}
+        )
+    gross = amounts[FLOAT] + amounts[SUSPENSE]
+    cleared = entry(
+        clear_ref,
+        run.day,
+        "clear",
+        operator_id,
+        f"purchases cleared for {operator_id} on {day_text}",
+        {FLOAT: amounts[FLOAT], SUSPENSE: amounts[SUSPENSE], clearing_account(operator_id): -gross},
+    )
+    if cleared is not None:
+        ledger.post(session, cleared)
+    if _lock_and_find_final(session, (todo.card_no for todo in on_float)):  # locks held until commit
+        raise BalanceMovedOn(f"a card's balance was settled while clearing {operator_id}")
+    lower_shadows(session, run.day, operator_id, f"clearing:{clear_ref}", on_float)
+    result.posted = gross
+    result.gross, result.fee, result.payable = settle_operator_day(
+        session, run.day, operator_id, f"{day_text}/settle/{operator_id}/r{run.run_no}"
+    )
+    log.info("cleared %s for %s (run %d): %s", operator_id, day_text, run.run_no, dict(result.decided))
+    return result
+
+
+def operators_to_clear(session: Session, run: RunRef) -> list[str]:
+    """Operators with records to decide, pending records, or cleared amounts not yet settled."""
+    rows = bulk.fetch_rows(
+        session,
+        "SELECT DISTINCT operator_id FROM batch_ingest WHERE claim_run_id IS NOT NULL AND claim_run_id <= :run "
+        "AND open_records > 0 UNION SELECT DISTINCT operator_id FROM clearing_verdict WHERE class = 'pending' "
+        "UNION SELECT DISTINCT operator_id FROM clearing_verdict WHERE clearing_day = :day AND posting IS NOT NULL",
+        {"run": run.run_id, "day": run.day},
+    )
+    return sorted(str(row[0]) for row in rows)

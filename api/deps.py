@@ -118,6 +118,7 @@ class AppState:
     def routers(self) -> list[APIRouter]:
         """Every router of the application (modules register here as they are built)."""
         from api import counter, devices, finance_routes, staff
+        from api.web import pages as web_pages
 
         routers: list[APIRouter] = [
             devices.router,
@@ -125,6 +126,7 @@ class AppState:
             staff.admin_router,
             counter.router,
             finance_routes.router,
+            web_pages.router,
         ]
         return routers
 

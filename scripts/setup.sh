@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(pcscd libpcsclite-dev swig vsmartcard-vpcd pcsc-tools redis-server postgresql softhsm2 opensc)
+DEBS=(pcscd libpcsclite-dev swig vsmartcard-vpcd pcsc-tools redis-server postgresql softhsm2 opensc fonts-wqy-microhei chromium)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -60,7 +60,8 @@ _DESCRIPTIONS = {
     413: "The request body is too large",
     422: "The request is not valid (`invalid_input`) or the card refused (`card_refused`)",
     429: "Too many requests (`rate_limited`); see `Retry-After`",
-    501: "Not built yet (`not_built`)",
+    500: "A stored document no longer matches its checksum (`report_changed`)",
+    501: "Not built or not set up here (`not_built`: e.g. clearing's schema is not in this database)",
     503: "A dependency (database, keystore, desk reader) is unavailable",
 }
 

@@ -147,7 +147,7 @@ _TMP_CARDS = table("clearing_tmp_cards", column("card_no", String()))
 
 
 def _temp_cards(session: Session, since_by_card: dict[str, int], until_by_card: dict[str, int | None]) -> None:
-    bulk.temp_table(session, "clearing_tmp_cards", "card_no text, since bigint, until bigint")
+    bulk.temp_table(session, "clearing_tmp_cards", "card_no text, since bigint, until bigint, anchor bigint")
     bulk.insert_rows(
         session,
         "clearing_tmp_cards",
@@ -176,26 +176,68 @@ def _cards(session: Session) -> dict[str, CardFact]:
     }
 
 
-def _chains(session: Session, todos: Sequence[_Todo], since_by_card: dict[str, int]) -> dict[str, CardChain]:
-    """Each touched card's chain: its records from ``since``, the last one before, and counter predecessors."""
-    chain_columns = (
-        "r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, "
-        "CASE WHEN r.status = 'unconfirmed' THEN 1 ELSE 0 END, r.card_no"
+CHAIN_COLUMNS = (
+    "r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, "
+    "CASE WHEN r.status = 'unconfirmed' THEN 1 ELSE 0 END, r.card_no"
+)
+USABLE = "r.role = 'primary' AND r.tac_check IN ('ok', 'none')"
+"""The records a card's chain is made of: what the card itself wrote (TAC verified, or unconfirmed)."""
+
+
+def _anchor_cards(session: Session) -> None:
+    """For each touched card, the last usable record before its window (``clearing_tmp_cards.anchor``)."""
+    session.execute(
+        text(
+            "UPDATE clearing_tmp_cards SET anchor = (SELECT r.id FROM clearing_record r "
+            "WHERE r.card_no = clearing_tmp_cards.card_no AND r.txn_epoch < clearing_tmp_cards.since "
+            f"AND {USABLE} ORDER BY r.txn_epoch DESC, r.family DESC, r.card_seq DESC LIMIT 1)"
+        )
     )
-    usable = "r.role = 'primary' AND r.tac_check IN ('ok', 'none')"
+
+
+def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
+    """The records whose chain is plainly whole, checked set-wise by the database (window functions): the card's
+    previous transaction in time is a confirmed one whose balance after is this one's balance before (or this is the
+    card's first transaction, from 0), the counter's previous value is there, and no unconfirmed record of the card
+    is in view. The others are checked one card at a time by :class:`clearing.rules.CardChain`."""
+    bulk.temp_table(session, "clearing_tmp_todo", "id bigint")
+    bulk.insert_rows(
+        session, "clearing_tmp_todo", ("id",), [(t.record_id,) for t in todos if t.status != "unconfirmed"]
+    )
+    context = (
+        "SELECT r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, r.status, r.card_no "
+        "FROM clearing_record r JOIN clearing_tmp_cards t ON r.card_no = t.card_no AND r.txn_epoch >= t.since "
+        f"AND (t.until IS NULL OR r.txn_epoch <= t.until) WHERE {USABLE} "
+        "UNION ALL SELECT r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, r.status, r.card_no "
+        "FROM clearing_record r JOIN clearing_tmp_cards t ON r.id = t.anchor"
+    )
     rows = bulk.fetch_rows(
         session,
-        f"SELECT {chain_columns} FROM clearing_record r JOIN clearing_tmp_cards t ON r.card_no = t.card_no "
-        f"AND r.txn_epoch >= t.since AND (t.until IS NULL OR r.txn_epoch <= t.until) WHERE {usable}",
+        "SELECT w.id FROM (SELECT c.id, c.card_no, c.family, c.card_seq, c.balance_before, "
+        "LAG(CASE WHEN c.family = 0 THEN c.balance_before + c.amount ELSE c.balance_before - c.amount END) "
+        "OVER (PARTITION BY c.card_no ORDER BY c.txn_epoch, c.family, c.card_seq, c.id) AS previous_after, "
+        "LAG(c.status) OVER (PARTITION BY c.card_no ORDER BY c.txn_epoch, c.family, c.card_seq, c.id) "
+        "AS previous_status, "
+        "LAG(c.card_seq) OVER (PARTITION BY c.card_no, c.family ORDER BY c.card_seq, c.id) AS previous_seq, "
+        "SUM(CASE WHEN c.status = 'unconfirmed' THEN 1 ELSE 0 END) OVER (PARTITION BY c.card_no) AS tentative "
+        f"FROM ({context}) c) w JOIN clearing_tmp_todo d ON d.id = w.id "
+        "JOIN clearing_tmp_cards t ON t.card_no = w.card_no WHERE w.tentative = 0 AND ("
+        "(w.previous_status IS NOT NULL AND w.previous_after = w.balance_before "
+        "AND (w.card_seq = 0 OR w.previous_seq = w.card_seq - 1)) "
+        "OR (w.previous_status IS NULL AND t.anchor IS NULL AND w.card_seq = 0 AND w.balance_before = 0))",
     )
-    anchors = bulk.fetch_rows(
-        session,
-        "SELECT t.card_no, (SELECT r.id FROM clearing_record r WHERE r.card_no = t.card_no AND r.txn_epoch < t.since "
-        f"AND {usable} ORDER BY r.txn_epoch DESC, r.family DESC, r.card_seq DESC LIMIT 1) FROM clearing_tmp_cards t",
-    )
-    anchored = {card_no for card_no, anchor in anchors if anchor is not None}
-    anchor_ids = [int(anchor) for _, anchor in anchors if anchor is not None]
-    rows += _rows_by_id(session, chain_columns, anchor_ids)
+    bulk.drop_temp_table(session, "clearing_tmp_todo")
+    return {int(row[0]) for row in rows}
+
+
+def _chains(session: Session, todos: Sequence[_Todo], cards: set[str]) -> dict[str, CardChain]:
+    """The chains of ``cards`` (records from their window, the last one before it, counter predecessors)."""
+    if not cards:
+        return {}
+    rows = _context_of(session, cards)
+    anchors = bulk.fetch_rows(session, "SELECT card_no, anchor FROM clearing_tmp_cards WHERE anchor IS NOT NULL")
+    anchored = {str(card_no) for card_no, _ in anchors if card_no in cards}
+    rows += _rows_by_id(session, CHAIN_COLUMNS, [int(anchor) for card_no, anchor in anchors if card_no in cards])
     records: dict[str, list[ChainRecord]] = defaultdict(list)
     keys: set[tuple[str, int, int]] = set()
     make = ChainRecord._make
@@ -206,14 +248,24 @@ def _chains(session: Session, todos: Sequence[_Todo], since_by_card: dict[str, i
     missing = {
         (todo.card_no, 0 if todo.txn_type == "02" else 1, todo.card_seq - 1)
         for todo in todos
-        if todo.card_seq > 0
+        if todo.card_seq > 0 and todo.card_no in cards
     } - keys
-    for row in _rows_by_key(session, chain_columns, sorted(missing)):
+    for row in _rows_by_key(session, CHAIN_COLUMNS, sorted(missing)):
         records[row[7]].append(make(row[:7]))
-    return {
-        card_no: CardChain(records.get(card_no, []), complete_history=card_no not in anchored)
-        for card_no in since_by_card
-    }
+    return {card_no: CardChain(records.get(card_no, []), complete_history=card_no not in anchored) for card_no in cards}
+
+
+def _context_of(session: Session, cards: set[str]) -> list[tuple[Any, ...]]:
+    bulk.temp_table(session, "clearing_tmp_some", "card_no text")
+    bulk.insert_rows(session, "clearing_tmp_some", ("card_no",), [(c,) for c in sorted(cards)])
+    rows = bulk.fetch_rows(
+        session,
+        f"SELECT {CHAIN_COLUMNS} FROM clearing_record r JOIN clearing_tmp_cards t ON r.card_no = t.card_no "
+        "AND r.txn_epoch >= t.since AND (t.until IS NULL OR r.txn_epoch <= t.until) "
+        f"JOIN clearing_tmp_some s ON s.card_no = t.card_no WHERE {USABLE}",
+    )
+    bulk.drop_temp_table(session, "clearing_tmp_some")
+    return rows
 
 
 def _rows_by_id(session: Session, columns: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
@@ -343,7 +395,10 @@ def decide(
     _temp_cards(session, since, until)
     devices = _devices(session)
     cards = _cards(session)
-    chains = _chains(session, todos, since)
+    _anchor_cards(session)
+    plain = _plain_chains(session, todos)
+    chains = _chains(session, todos, {todo.card_no for todo in todos if todo.record_id not in plain})
+    whole = CardChain([])
     previous = _previous_term_seqs(session, todos)
     loads = _load_matches(session, todos)
     bills = _bill_matches(session, operator_id, todos) if utility else set()
@@ -373,8 +428,9 @@ def decide(
             previous_term_seq=previous.get((todo.term_id, todo.device_seq - 1)),
             load_match=loads.get(todo.record_id),
             bill_matched=todo.record_id in bills,
+            chain_verified=todo.record_id in plain,
         )
-        decisions[todo.record_id] = classify(candidate, chains[todo.card_no], run.day, policy)
+        decisions[todo.record_id] = classify(candidate, chains.get(todo.card_no, whole), run.day, policy)
     return decisions
 
 
@@ -407,8 +463,8 @@ def _final_balances(session: Session, card_nos: Iterable[str], *, lock: bool) ->
     return set(final)
 
 
-def _lock_and_find_final(session: Session, card_nos: Iterable[str]) -> set[str]:
-    """Lock the cards whose shadows will move; those whose balance is final."""
+def lock_cards_and_find_final(session: Session, card_nos: Iterable[str]) -> set[str]:
+    """Lock the cards whose shadows will move (until commit); those whose balance issuance has settled for good."""
     return _final_balances(session, card_nos, lock=True)
 
 
@@ -469,7 +525,8 @@ def lower_shadows(session: Session, day: date, operator_id: str, reference: str,
     bulk.drop_temp_table(session, "clearing_tmp_shadow")
 
 
-def _schedule(session: Session, operator_id: str, day: date) -> FeeSchedule | None:
+def fee_schedule(session: Session, operator_id: str, day: date) -> FeeSchedule | None:
+    """The operator's fee schedule in force on the clearing day (the registry's, effective dates)."""
     view = fee_schedule_on(session, operator_id, day)
     return None if view is None else FeeSchedule(view.percent, view.per_txn)
 
@@ -489,7 +546,7 @@ def settle_operator_day(session: Session, day: date, operator_id: str, entry_ref
             {"day": day, "op": operator_id},
         ).one()
     )
-    fee = day_fee(_schedule(session, operator_id, day), gross, paid)
+    fee = day_fee(fee_schedule(session, operator_id, day), gross, paid)
     before = session.execute(
         text("SELECT amount, fee FROM clearing_statement WHERE clearing_day = :day AND operator_id = :op"),
         {"day": day, "op": operator_id},
@@ -591,7 +648,7 @@ def clear_operator(session: Session, run: RunRef, operator_id: str, policy: Poli
     )
     if cleared is not None:
         ledger.post(session, cleared)
-    if _lock_and_find_final(session, (todo.card_no for todo in on_float)):  # locks held until commit
+    if lock_cards_and_find_final(session, (todo.card_no for todo in on_float)):  # locks held until commit
         raise BalanceMovedOn(f"a card's balance was settled while clearing {operator_id}")
     lower_shadows(session, run.day, operator_id, f"clearing:{clear_ref}", on_float)
     result.posted = gross

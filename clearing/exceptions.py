@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from backoffice.db import UnitOfWork
 from backoffice.errors import Conflict, Forbidden, InvalidInput, NotFound
 from clearing import bulk, ledger
-from clearing.clear import VERDICT_COLUMNS, _lock_and_find_final, db_timestamp
+from clearing.clear import VERDICT_COLUMNS, db_timestamp, lock_cards_and_find_final
 from clearing.rules import (
     FLOAT,
     PURCHASE_TYPES,
@@ -286,7 +286,7 @@ def _apply(
         if not purchase:
             return (str(Klass.SUSPICIOUS), str(Code.ACKNOWLEDGED), late, None, None, 0), None
         amount = proposal.amount if proposal.action == "adjust" and proposal.amount is not None else item.amount
-        final = _lock_and_find_final(session, [item.card_no])
+        final = lock_cards_and_find_final(session, [item.card_no])
         account = SUSPENSE if item.card_no in final else FLOAT
         posted = entry(
             ref, day, "review", item.operator_id, memo, {account: amount, clearing_account(item.operator_id): -amount}
@@ -309,7 +309,7 @@ def _apply(
     if item.klass == "suspicious" and item.posting in (FLOAT, SUSPENSE):  # reject: reverse the settlement
         source = item.posting
         if source == FLOAT:
-            if item.card_no in _lock_and_find_final(session, [item.card_no]):
+            if item.card_no in lock_cards_and_find_final(session, [item.card_no]):
                 raise Conflict("the card's balance is settled: acknowledge (write off) instead of reversing")
             _move_shadow(session, item, item.amount, ref)
         posted = entry(

@@ -13,7 +13,7 @@ import weakref
 
 from sqlalchemy import Engine
 
-from backoffice.db import UnitOfWork, session_factory
+from backoffice.db import UnitOfWork
 from backoffice.errors import KeystoreError, OnecardError
 from backoffice.settings import Settings
 from clearing.ingest import IngestResult, ingest_with_retry, uploads_to_ingest
@@ -36,9 +36,7 @@ def _embedded_env(settings: Settings, engine: Engine) -> ClearingEnv:
     with _lock:
         env = _embedded.get(engine)
         if env is None:
-            env = ClearingEnv.from_settings(settings)
-            env.sessions = session_factory(engine)
-            _embedded[engine] = env
+            env = _embedded[engine] = ClearingEnv.for_engine(engine, settings)
         return env
 
 

@@ -137,11 +137,6 @@ def balances(session: Session, *, through: date | None = None) -> dict[str, int]
     return {str(account): int(amount) for account, amount in bulk.fetch_rows(session, sql, params)}
 
 
-def day_movements(session: Session, day: date, account: str) -> int:
-    """Debits minus credits of ``account`` posted into clearing ``day``."""
-    return balance(session, account, on=day)
-
-
 def totals(session: Session) -> tuple[int, int]:
     """All debits and all credits ever posted (equal: the database allows nothing else)."""
     debits, credits = session.execute(

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from clearing import bulk, ledger
-from clearing.clear import RunRef, _schedule, db_timestamp
+from clearing.clear import RunRef, db_timestamp, fee_schedule
 from clearing.rules import (
     BALANCE_SETTLEMENTS,
     DEPOSITS,
@@ -194,7 +194,7 @@ def _operators(session: Session, day: date) -> list[Check]:
         {"day": day},
     )
     for operator_id, cleared, paid in sorted(rows):
-        fee = day_fee(_schedule(session, operator_id, day), int(cleared), int(paid))
+        fee = day_fee(fee_schedule(session, operator_id, day), int(cleared), int(paid))
         received = -ledger.balance(session, payable_account(operator_id), on=day)
         checks.append(
             Check(

@@ -11,9 +11,9 @@ Everything is integer fen and Unix seconds.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
@@ -244,8 +244,7 @@ class LoadMatch(StrEnum):
     MISSING = "missing"
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A record to classify with the facts around it."""
 
     record_id: int
@@ -273,6 +272,8 @@ class Candidate:
     """term_seq of the same terminal's record at ``device_seq − 1`` (``None`` when there is none)."""
     load_match: LoadMatch | None = None
     bill_matched: bool = False
+    chain_verified: bool = False
+    """The adapter established set-wise that the card's counter and balance chain are whole up to this record."""
 
     @property
     def unconfirmed(self) -> bool:
@@ -370,10 +371,11 @@ def _device_refusal(candidate: Candidate) -> Code | None:
 
 
 def _chain_suspicion(candidate: Candidate, record: ChainRecord, chain: CardChain, skew: int) -> Code | None:
-    if record.card_seq > 0 and not chain.has(record.family, record.card_seq - 1):
-        return Code.COUNTER_GAP
-    if not chain.balance_fits(record, skew):
-        return Code.BALANCE_CHAIN
+    if not candidate.chain_verified:
+        if record.card_seq > 0 and not chain.has(record.family, record.card_seq - 1):
+            return Code.COUNTER_GAP
+        if not chain.balance_fits(record, skew):
+            return Code.BALANCE_CHAIN
     if candidate.device_seq > 1:
         previous = candidate.previous_term_seq
         if previous is None:
@@ -496,28 +498,6 @@ def entry(
     return Entry(entry_ref, clearing_day, kind, operator_id, memo, lines)
 
 
-def merge(*amounts: Mapping[str, int]) -> dict[str, int]:
-    """Sum signed amounts per account."""
-    total: dict[str, int] = {}
-    for mapping in amounts:
-        for account, amount in mapping.items():
-            total[account] = total.get(account, 0) + amount
-    return total
-
-
 def settlement_movements(operator_id: str, gross: int, fee: int) -> dict[str, int]:
     """Settling ``gross`` fen cleared for an operator: out of its clearing account into its payable, less the fee."""
     return {clearing_account(operator_id): gross, payable_account(operator_id): -(gross - fee), FEE_INCOME: -fee}
-
-
-def days_between(first: date, last: date) -> Iterable[date]:
-    """Every day from ``first`` to ``last`` inclusive."""
-    current = first
-    while current <= last:
-        yield current
-        current += timedelta(days=1)
-
-
-def sorted_unique(values: Iterable[str]) -> Sequence[str]:
-    """Sorted distinct values."""
-    return sorted(set(values))

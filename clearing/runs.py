@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,7 +69,11 @@ class ClearingEnv:
     @classmethod
     def from_settings(cls, settings: Settings, policy: Policy = DEFAULT_POLICY) -> ClearingEnv:
         """The configured database and keystore (README "Configuration")."""
-        engine = make_engine(settings.database_url)
+        return cls.for_engine(make_engine(settings.database_url), settings, policy)
+
+    @classmethod
+    def for_engine(cls, engine: Engine, settings: Settings, policy: Policy = DEFAULT_POLICY) -> ClearingEnv:
+        """An existing engine (the API's) and the configured keystore."""
 
         def keystore() -> Any:
             from issuance.keystore import open_keystore

@@ -338,8 +338,42 @@ def _raw_copy(url: str, day: _Day) -> float:
 # --- workers and the timed run -------------------------------------------------------------------------------------
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int, *, children: bool = False) -> float:
+    """CPU seconds (user + system) of a process, with its reaped children's when asked (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    used = int(fields[11]) + int(fields[12])
+    if children:
+        used += int(fields[13]) + int(fields[14])
+    return used / _TICKS
+
+
+def _cluster_cpu(postgres: _Postgres) -> float:
+    """CPU seconds of the PostgreSQL cluster so far: the postmaster, its finished backends and its live ones."""
+    try:
+        postmaster = int((postgres.root / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError):
+        return 0.0
+    total = _proc_cpu(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    total += _proc_cpu(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 @contextlib.contextmanager
-def _workers(count: int, url: str, redis_url: str, keystore: dict[str, str], logs: Path) -> Iterator[None]:
+def _workers(
+    count: int, url: str, redis_url: str, keystore: dict[str, str], logs: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     env = {**os.environ, "ONECARD_DATABASE_URL": url, "ONECARD_REDIS_URL": redis_url, **keystore}
     processes = []
     for index in range(count):
@@ -353,7 +387,7 @@ def _workers(count: int, url: str, redis_url: str, keystore: dict[str, str], log
             processes.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out, stderr=out))
     try:
         time.sleep(3)  # let them connect (not timed)
-        yield
+        yield processes
     finally:
         for process in processes:
             process.terminate()
@@ -434,11 +468,15 @@ def bench_clearing(records: int, workers: tuple[int, ...] = (1, 2), progress: Pr
                 url = postgres.url(name)
                 say(f"clearing with {count} worker(s) …")
                 os.environ.update(keystore)
-                with _workers(count, url, redis_url, keystore, root):
+                with _workers(count, url, redis_url, keystore, root) as processes:
+                    before = sum(_proc_cpu(p.pid) for p in processes) + _cluster_cpu(postgres)
                     elapsed, result = _timed_run(url, redis_url, str(keystore_path))
+                    cpu = sum(_proc_cpu(p.pid) for p in processes) + _cluster_cpu(postgres) - before
                 results[str(count)] = {
                     "seconds": round(elapsed, 3),
                     "records_per_s": round(day.records / elapsed),
+                    "cpu_s": round(cpu, 2),
+                    "cpu_us_per_record": round(1e6 * cpu / day.records, 1),
                     "reconciliation_ok": bool(result.get("ok")),
                     **_stages(url),
                 }
@@ -456,6 +494,7 @@ def bench_clearing(records: int, workers: tuple[int, ...] = (1, 2), progress: Pr
             "cpus": os.cpu_count(),
             "inbox_receipt_records_per_s": round(day.records / receipt_seconds),
             "per_record_us": {k: round(1e6 * v["seconds"] / day.records, 2) for k, v in results.items()},
+            "load_average": os.getloadavg()[0],
         }
         if 1 in workers and len(workers) > 1:
             doc["scaling"] = round(results[str(best)]["records_per_s"] / results["1"]["records_per_s"], 3)

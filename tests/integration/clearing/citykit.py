@@ -145,14 +145,18 @@ class City:
         with self.uow() as uow:
             view = services.apply_for_card(uow, self.clerk, card_type=services.CardType.ADULT, city_code="0310",
                                            resident_id=None, clock=self.clock)  # fmt: skip
-        chip = Card.factory(CardKind.USER, self.keys.alg, self.keys.keys["KT"], next(_chips).to_bytes(8, "big"))
-        with self.uow() as uow, InProcessChannel(chip) as channel:
-            services.issue_card(uow, self.clerk, self.keystore, self.vault, self.issuer, channel,
-                                card_no=view.card_no, pin="123456", clock=self.clock)  # fmt: skip
-        self.chips[view.card_no] = chip
+        self.issue_applied(view.card_no)
         if load:
             self.load(view.card_no, load)
         return str(view.card_no)
+
+    def issue_applied(self, card_no: str) -> None:
+        """Issue an applied card (a new one, or a replacement) onto a fresh chip."""
+        chip = Card.factory(CardKind.USER, self.keys.alg, self.keys.keys["KT"], next(_chips).to_bytes(8, "big"))
+        with self.uow() as uow, InProcessChannel(chip) as channel:
+            services.issue_card(uow, self.clerk, self.keystore, self.vault, self.issuer, channel,
+                                card_no=card_no, pin="123456", clock=self.clock)  # fmt: skip
+        self.chips[card_no] = chip
 
     def load(self, card_no: str, amount: int) -> services.LoadOutcome:
         """A counter load (back office as load host)."""
@@ -299,15 +303,26 @@ class City:
         self.engine.dispose()
 
 
-def open_city(url: str, tmp: Path, policy: Policy | None = None) -> City:
-    """Migrate, register the city's operators and devices, import the vector keys into a software keystore."""
+def prepare(url: str) -> None:
+    """Migrate and register the city's operators and devices (a database other cities can be copied from)."""
     upgrade(url)
     engine = make_engine(url)
     try:
         with UnitOfWork(session_factory(engine)) as uow:
             import_registry(uow, parse_registry_file(json.dumps(registry_document()).encode()))
+        with UnitOfWork(session_factory(engine)) as uow:
+            device = uow.session.get(Device, RETIRED)
+            assert device is not None
+            device.status, device.updated_at = "retired", datetime(2025, 3, 3, 12, 0, tzinfo=CST)
+            uow.commit()
     finally:
         engine.dispose()
+
+
+def open_city(url: str, tmp: Path, policy: Policy | None = None, *, prepared: bool = False) -> City:
+    """A city on ``url`` (:func:`prepare` d unless ``prepared``), the vector keys in a software keystore."""
+    if not prepared:
+        prepare(url)
     keys = vector_keys(Alg.DES)
     keystore_key = os.urandom(32)
     keystore = SoftwareKeystore(tmp / "keys.json", raw_key=keystore_key)
@@ -315,11 +330,6 @@ def open_city(url: str, tmp: Path, policy: Policy | None = None) -> City:
     city = City(
         url, keys, keystore, CityClock(datetime(DAY.year, DAY.month, DAY.day, 7, 0, tzinfo=CST)), policy or Policy()
     )
-    with city.uow() as uow:
-        device = uow.session.get(Device, RETIRED)
-        assert device is not None
-        device.status, device.updated_at = "retired", datetime(2025, 3, 3, 12, 0, tzinfo=CST)
-        uow.commit()
     city.keystore_env = {"ONECARD_KEYSTORE": str(tmp / "keys.json"), "ONECARD_KEYSTORE_KEY": keystore_key.hex()}
     return city
 

@@ -195,6 +195,32 @@ def _anchor_cards(session: Session) -> None:
     )
 
 
+def _load_context(session: Session) -> None:
+    """The touched cards' usable records from their windows, and each one's last before it, into
+    ``clearing_tmp_context`` (analysed: the window query over it plans well at any size)."""
+    bulk.temp_table(
+        session,
+        "clearing_tmp_context",
+        "txn_epoch bigint, family smallint, card_seq integer, id bigint, amount bigint, balance_before bigint, "
+        "status text, card_no text",
+    )
+    columns = "r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, r.status, r.card_no"
+    session.execute(
+        text(
+            f"INSERT INTO clearing_tmp_context SELECT {columns} FROM clearing_record r JOIN clearing_tmp_cards t "
+            "ON r.card_no = t.card_no AND r.txn_epoch >= t.since AND (t.until IS NULL OR r.txn_epoch <= t.until) "
+            f"WHERE {USABLE}"
+        )
+    )
+    session.execute(
+        text(
+            f"INSERT INTO clearing_tmp_context SELECT {columns} FROM clearing_tmp_cards t "
+            "JOIN clearing_record r ON r.id = t.anchor"
+        )
+    )
+    bulk.analyze(session, "clearing_tmp_context")
+
+
 def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
     """The records whose chain is plainly whole, checked set-wise by the database (window functions): the card's
     previous transaction in time is a confirmed one whose balance after is this one's balance before (or this is the
@@ -204,13 +230,7 @@ def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
     bulk.insert_rows(
         session, "clearing_tmp_todo", ("id",), [(t.record_id,) for t in todos if t.status != "unconfirmed"]
     )
-    context = (
-        "SELECT r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, r.status, r.card_no "
-        "FROM clearing_record r JOIN clearing_tmp_cards t ON r.card_no = t.card_no AND r.txn_epoch >= t.since "
-        f"AND (t.until IS NULL OR r.txn_epoch <= t.until) WHERE {USABLE} "
-        "UNION ALL SELECT r.txn_epoch, r.family, r.card_seq, r.id, r.amount, r.balance_before, r.status, r.card_no "
-        "FROM clearing_record r JOIN clearing_tmp_cards t ON r.id = t.anchor"
-    )
+    bulk.analyze(session, "clearing_tmp_todo")
     rows = bulk.fetch_rows(
         session,
         "SELECT w.id FROM (SELECT c.id, c.card_no, c.family, c.card_seq, c.balance_before, "
@@ -220,7 +240,7 @@ def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
         "AS previous_status, "
         "LAG(c.card_seq) OVER (PARTITION BY c.card_no, c.family ORDER BY c.card_seq, c.id) AS previous_seq, "
         "SUM(CASE WHEN c.status = 'unconfirmed' THEN 1 ELSE 0 END) OVER (PARTITION BY c.card_no) AS tentative "
-        f"FROM ({context}) c) w JOIN clearing_tmp_todo d ON d.id = w.id "
+        "FROM clearing_tmp_context c) w JOIN clearing_tmp_todo d ON d.id = w.id "
         "JOIN clearing_tmp_cards t ON t.card_no = w.card_no WHERE w.tentative = 0 AND ("
         "(w.previous_status IS NOT NULL AND w.previous_after = w.balance_before "
         "AND (w.card_seq = 0 OR w.previous_seq = w.card_seq - 1)) "
@@ -235,9 +255,8 @@ def _chains(session: Session, todos: Sequence[_Todo], cards: set[str]) -> dict[s
     if not cards:
         return {}
     rows = _context_of(session, cards)
-    anchors = bulk.fetch_rows(session, "SELECT card_no, anchor FROM clearing_tmp_cards WHERE anchor IS NOT NULL")
-    anchored = {str(card_no) for card_no, _ in anchors if card_no in cards}
-    rows += _rows_by_id(session, CHAIN_COLUMNS, [int(anchor) for card_no, anchor in anchors if card_no in cards])
+    anchors = bulk.fetch_rows(session, "SELECT card_no FROM clearing_tmp_cards WHERE anchor IS NOT NULL")
+    anchored = {str(row[0]) for row in anchors if row[0] in cards}
     records: dict[str, list[ChainRecord]] = defaultdict(list)
     keys: set[tuple[str, int, int]] = set()
     make = ChainRecord._make
@@ -260,20 +279,12 @@ def _context_of(session: Session, cards: set[str]) -> list[tuple[Any, ...]]:
     bulk.insert_rows(session, "clearing_tmp_some", ("card_no",), [(c,) for c in sorted(cards)])
     rows = bulk.fetch_rows(
         session,
-        f"SELECT {CHAIN_COLUMNS} FROM clearing_record r JOIN clearing_tmp_cards t ON r.card_no = t.card_no "
-        "AND r.txn_epoch >= t.since AND (t.until IS NULL OR r.txn_epoch <= t.until) "
-        f"JOIN clearing_tmp_some s ON s.card_no = t.card_no WHERE {USABLE}",
+        "SELECT c.txn_epoch, c.family, c.card_seq, c.id, c.amount, c.balance_before, "
+        "CASE WHEN c.status = 'unconfirmed' THEN 1 ELSE 0 END, c.card_no FROM clearing_tmp_context c "
+        "JOIN clearing_tmp_some s ON s.card_no = c.card_no",
     )
     bulk.drop_temp_table(session, "clearing_tmp_some")
     return rows
-
-
-def _rows_by_id(session: Session, columns: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
-    found: list[tuple[Any, ...]] = []
-    for start in range(0, len(ids), 1000):
-        listed = ",".join(str(i) for i in ids[start : start + 1000])
-        found += bulk.fetch_rows(session, f"SELECT {columns} FROM clearing_record r WHERE r.id IN ({listed})")
-    return found
 
 
 def _rows_by_key(session: Session, columns: str, keys: Sequence[tuple[str, int, int]]) -> list[tuple[Any, ...]]:
@@ -396,6 +407,7 @@ def decide(
     devices = _devices(session)
     cards = _cards(session)
     _anchor_cards(session)
+    _load_context(session)
     plain = _plain_chains(session, todos)
     chains = _chains(session, todos, {todo.card_no for todo in todos if todo.record_id not in plain})
     whole = CardChain([])

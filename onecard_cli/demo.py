@@ -601,8 +601,13 @@ class DemoCity:
 
     @property
     def has_web_pages(self) -> bool:
-        """Whether this build serves the staff web pages under /web."""
-        return any(str(getattr(route, "path", "")).startswith("/web") for route in self.app.routes)
+        """Whether this build serves the staff web pages under /web (FastAPI may keep included routers unflattened,
+        so ask the app to resolve the pages' home rather than scanning its routes)."""
+        try:
+            self.app.url_path_for("home")
+        except Exception:
+            return any(str(getattr(route, "path", "")).startswith("/web") for route in self.app.routes)
+        return True
 
     def create_staff_user(self) -> tuple[str, str]:
         """A finance + supervisor user for ``onecard serve``; the log-in."""

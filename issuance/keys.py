@@ -19,10 +19,7 @@ from backoffice.errors import KeystoreError
 from cardos import crypto
 from cardos.keyfile import CARD_KEY_MASTERS, IssuerKeys
 from cardos.layout import KeyUsage
-from cardos.perso import KEY_TRIES
-
-PUT_KEY_DATA_LENGTH = 22
-"""``version 1 ‖ alg 1 ‖ tries 1 ‖ E_KT(key) 16 ‖ KCV 3`` (spec §2.5)."""
+from cardos.perso import put_key_data
 
 
 class Keystore(Protocol):
@@ -140,8 +137,7 @@ class InMemoryKeystore:
         return keys.keys["KT"]
 
     def _wrapped(self, alg: crypto.Alg, version: int, key: bytes) -> bytes:
-        transport = self._transport_key(alg, version)
-        return bytes((version, alg, KEY_TRIES)) + crypto.wrap_key(alg, transport, key) + crypto.kcv(alg, key)
+        return put_key_data(alg, self._transport_key(alg, version), version, key)
 
     def put_key_data(self, alg: crypto.Alg, version: int, usage: int, card_no: bytes) -> bytes:
         """PUT KEY data for a diversified card key (spec §2.5)."""

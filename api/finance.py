@@ -329,15 +329,14 @@ def _progress(session: Session, run: ClearingRun) -> tuple[int, int | None]:
     )
     if run.stage != "clear":
         return total, total
-    done = session.execute(
+    tasks, finished = session.execute(
         text(
-            "SELECT coalesce(sum(b.record_count), 0) FROM batch_ingest b WHERE b.claim_run_id = :r AND EXISTS "
-            "(SELECT 1 FROM clearing_task t WHERE t.run_id = :r AND t.stage = 'clear' AND t.task_key = b.operator_id "
-            "AND t.status = 'done')"
+            "SELECT count(*), coalesce(sum(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) FROM clearing_task "
+            "WHERE run_id = :r AND stage = 'clear'"
         ),
         {"r": run.id},
-    ).scalar_one()
-    return int(done), total
+    ).one()
+    return (total * int(finished) // int(tasks) if tasks else total), total
 
 
 def _run_view(session: Session, run: ClearingRun, starter: str | None, errors: list[str]) -> ClearingRunView:
@@ -615,6 +614,11 @@ def _exception(session: Session, exception_id: int) -> ExceptionView:
     if not found:
         raise NotFound(f"no exception {exception_id}")
     return found[-1]
+
+
+def exception(uow: UnitOfWork, *, exception_id: int) -> ExceptionView:
+    """One clearing exception and its resolution (its latest state: open, proposed or resolved)."""
+    return _exception(_require_clearing(uow), exception_id)
 
 
 def propose_resolution(

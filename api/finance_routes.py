@@ -10,7 +10,8 @@ record), ``reject`` (reject, or reverse a suspicious record's settlement) and ``
 |---|---|
 | ``POST /finance/clearing-runs`` | finance |
 | ``GET /finance/clearing-runs``, ``GET /finance/clearing-runs/{id}``, ``…/result`` | finance, supervisor, auditor |
-| ``GET /finance/statements``, ``GET /finance/exceptions`` | finance, auditor |
+| ``GET /finance/statements`` | finance, auditor |
+| ``GET /finance/exceptions``, ``GET /finance/exceptions/{id}`` | finance, supervisor (the checker), auditor |
 | ``POST /finance/exceptions/{id}/resolution`` (maker) | finance |
 | ``POST /finance/exceptions/{id}/decision`` (checker, not the maker) | finance, supervisor |
 | ``GET /finance/reports/{date}``, ``GET /finance/reconciliation`` | finance, auditor |
@@ -288,7 +289,7 @@ def statements(
     return StatementsOut(business_date=business_date, statements=[_totals(t) for t in found])
 
 
-@staff_route(router, "GET", "/exceptions", roles=BOOKS, errors=NOT_BUILT, response_model=ExceptionListOut)
+@staff_route(router, "GET", "/exceptions", roles=READERS, errors=NOT_BUILT, response_model=ExceptionListOut)
 def list_exceptions(
     uow: Work,
     business_date: DayQuery = None,
@@ -297,6 +298,14 @@ def list_exceptions(
     """Clearing exceptions (``date``: of the clearing day that decided them)."""
     found = finance.exceptions(uow, business_date=business_date, status=status)
     return ExceptionListOut(exceptions=[_exception(e) for e in found])
+
+
+@staff_route(
+    router, "GET", "/exceptions/{exception_id}", roles=READERS, errors=(404, *NOT_BUILT), response_model=ExceptionOut
+)
+def show_exception(exception_id: ExceptionId, uow: Work) -> ExceptionOut:
+    """One exception and its resolution (the checker reads what they are asked to decide)."""
+    return _exception(finance.exception(uow, exception_id=exception_id))
 
 
 @staff_route(

@@ -7,9 +7,9 @@ refuses control characters. Amounts are integer fen.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SAFE_TEXT = r"^[^\x00-\x1f\x7f]*$"
 """Printable text: no control characters (NUL never reaches the database)."""
@@ -78,3 +78,58 @@ STAFF_ERRORS = (401, 403, 422, 429)
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """``{"error": {"code", "message", "details"}}``: the one error format."""
     return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+# --- counter request bodies: card maintenance, cancellation, unconfirmed loads, transfers (issue #7) ----------------
+
+DeskField = Annotated[str, Field(pattern=DESK_ID, max_length=32, description="your desk, whose reader holds the card")]
+"""A ``desk_id`` in a request body: one's own desk (another desk is ``403``)."""
+PHONE = r"^[0-9]{11}$"
+
+
+class BlockIn(In):
+    """Block the purse of the card in your desk's reader (APPLICATION BLOCK with line MAC): temporarily
+    (``blocked``; a supervisor lifts it) or, with ``permanent``, for good (``locked``, and hotlisted)."""
+
+    desk_id: DeskField
+    permanent: bool = False
+
+
+class UnblockIn(In):
+    """Lift the temporary block of the card in your desk's reader (APPLICATION UNBLOCK with line MAC)."""
+
+    desk_id: DeskField
+
+
+class CancelIn(In):
+    """Cancel a card; with ``desk_id`` the card in your desk's reader is blocked as a whole first (CARD BLOCK)."""
+
+    desk_id: Annotated[str | None, Field(pattern=DESK_ID, max_length=32)] = None
+
+
+class CardholderChangeIn(In):
+    """New holder data for the card in your desk's reader; fields left out stay as they are (at least one).
+    A new name or phone is written to the card too (UPDATE BINARY with line MAC)."""
+
+    desk_id: DeskField
+    name: Annotated[str | None, Field(min_length=1, max_length=20, pattern=SAFE_TEXT)] = None
+    phone: Annotated[str | None, Field(pattern=PHONE)] = None
+    address: Annotated[str | None, Field(min_length=1, max_length=200, pattern=SAFE_TEXT)] = None
+
+    @model_validator(mode="after")
+    def _something_changes(self) -> Self:
+        if self.name is None and self.phone is None and self.address is None:
+            raise ValueError("give at least one of name, phone, address")
+        return self
+
+
+class LoadResolutionIn(In):
+    """Settle the card's ``unconfirmed`` loads with the card in your desk's reader (GET TRANSACTION PROOF)."""
+
+    desk_id: DeskField
+
+
+class TransferCollectionIn(In):
+    """Load a replacement's ready balance transfer onto the new card in your desk's reader."""
+
+    desk_id: DeskField

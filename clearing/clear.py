@@ -96,6 +96,8 @@ class _Todo(NamedTuple):
     batch_term_id: str
     batch_device_kind: str
     batch_created_epoch: int
+    operator_id: str
+    prev_term_seq: int | None
     last_verdict: int
 
 
@@ -119,26 +121,33 @@ def db_timestamp(session: Session, moment: datetime) -> Any:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _todo(session: Session, run: RunRef, operator_id: str, policy: Policy) -> list[_Todo]:
+def _todo(session: Session, run: RunRef, shard: Shard, policy: Policy) -> list[_Todo]:
+    """The shard's records to decide: new ones of the batches the run claimed (dated up to the day, or impossible:
+    after their batch was made) and pending ones, of every operator."""
     columns = (
         "r.id, r.role, r.txn_type, r.card_no, r.card_seq, r.amount, r.balance_before, r.term_id, r.term_seq, "
         "r.device_seq, r.txn_date, r.txn_epoch, r.status, r.tac_check, r.ref, r.ingest_id, b.term_id, "
-        "b.device_kind, b.created_epoch"
+        "b.device_kind, b.created_epoch, b.operator_id, r.prev_term_seq"
     )
     rows = bulk.fetch_rows(
         session,
-        f"SELECT {columns}, 0 FROM batch_ingest b JOIN clearing_record r "
-        "ON r.id BETWEEN b.first_record_id AND b.last_record_id "
-        "WHERE b.operator_id = :op AND b.claim_run_id IS NOT NULL AND b.claim_run_id <= :run "
-        "AND b.open_records > 0 AND r.role IN ('primary', 'conflict') "
+        f"SELECT {columns}, 0 FROM clearing_record r JOIN batch_ingest b ON b.id = r.ingest_id "
+        "WHERE b.claim_run_id IS NOT NULL AND b.claim_run_id <= :run "
+        "AND b.open_records > 0 AND r.role IN ('primary', 'conflict') AND r.card_no BETWEEN :low AND :last "
         "AND (r.txn_date <= :day OR r.txn_epoch > b.created_epoch + :skew) "
         "AND NOT EXISTS (SELECT 1 FROM clearing_verdict v WHERE v.record_id = r.id) "
         f"UNION ALL SELECT {columns}, v.verdict_no FROM clearing_verdict v "
         "JOIN clearing_record r ON r.id = v.record_id JOIN batch_ingest b ON b.id = r.ingest_id "
-        "WHERE v.class = 'pending' AND v.operator_id = :op AND r.role = 'primary' "
+        "WHERE v.class = 'pending' AND r.role = 'primary' AND r.card_no BETWEEN :low AND :last "
         "AND NOT EXISTS (SELECT 1 FROM clearing_verdict w WHERE w.record_id = v.record_id "
         "AND w.verdict_no > v.verdict_no)",
-        {"op": operator_id, "run": run.run_id, "day": run.day.strftime("%Y%m%d"), "skew": policy.future_skew},
+        {
+            "run": run.run_id,
+            "day": run.day.strftime("%Y%m%d"),
+            "skew": policy.future_skew,
+            "low": shard.low,
+            "last": shard.last,
+        },
     )
     return sorted((_Todo(*row) for row in rows), key=lambda todo: todo.record_id)
 
@@ -302,11 +311,54 @@ def _rows_by_key(session: Session, columns: str, keys: Sequence[tuple[str, int, 
 
 
 def _previous_term_seqs(session: Session, todos: Sequence[_Todo]) -> dict[tuple[str, int], int]:
-    """``(term_id, device_seq) → term_seq`` around the records being decided (the PSAM's sequence).
+    """``(term_id, device_seq − 1) → term_seq`` for the records being decided (the PSAM's sequence).
 
-    Read through the terminal key (term_seq and device_seq grow together on a terminal): each terminal's records
-    from the one before its lowest term_seq among the records being decided up to its highest.
+    Ingest noted it when the batch held that record (``prev_term_seq``: a batch is a run of the device's records).
+    For the others (each batch's first), term_seq and device_seq grow together on a terminal, so the record at
+    ``device_seq − 1`` is normally the terminal's record just below in term_seq: that one is looked up through the
+    terminal key, one index probe per record. Where it is not (a gap, or records out of order), the terminal's
+    records around are read (:func:`_term_seqs_in_ranges`).
     """
+    found: dict[tuple[str, int], int] = {}
+    for todo in todos:
+        if todo.prev_term_seq is not None:
+            found[(todo.term_id, todo.device_seq - 1)] = todo.prev_term_seq
+    wanted = sorted(
+        {
+            (todo.term_id, todo.term_seq, todo.device_seq)
+            for todo in todos
+            if todo.device_seq > 1 and (todo.term_id, todo.device_seq - 1) not in found
+        }
+    )
+    if not wanted:
+        return found
+    bulk.temp_table(session, "clearing_tmp_dev", "term_id text, term_seq bigint, device_seq bigint")
+    bulk.insert_rows(session, "clearing_tmp_dev", ("term_id", "term_seq", "device_seq"), wanted)
+    bulk.analyze(session, "clearing_tmp_dev")
+    rows = bulk.fetch_rows(
+        session,
+        "SELECT t.term_id, t.term_seq, t.device_seq, p.device_seq, p.term_seq FROM (SELECT d.term_id, d.term_seq, "
+        "d.device_seq, (SELECT r.id FROM clearing_record r WHERE r.term_id = d.term_id AND r.term_seq < d.term_seq "
+        "AND r.role = 'primary' ORDER BY r.term_seq DESC LIMIT 1) AS below FROM clearing_tmp_dev d) t "
+        "LEFT JOIN clearing_record p ON p.id = t.below",
+    )
+    bulk.drop_temp_table(session, "clearing_tmp_dev")
+    unsure: list[_Todo] = []
+    by_key = {(todo.term_id, todo.term_seq, todo.device_seq): todo for todo in todos}
+    for term_id, term_seq, device_seq, below_device_seq, below_term_seq in rows:
+        if below_device_seq is not None and int(below_device_seq) == int(device_seq) - 1:
+            found[(str(term_id), int(device_seq) - 1)] = int(below_term_seq)
+        else:
+            unsure.append(by_key[(str(term_id), int(term_seq), int(device_seq))])
+    if unsure:
+        for key, value in _term_seqs_in_ranges(session, unsure).items():
+            found.setdefault(key, value)
+    return found
+
+
+def _term_seqs_in_ranges(session: Session, todos: Sequence[_Todo]) -> dict[tuple[str, int], int]:
+    """``(term_id, device_seq) → term_seq`` around ``todos``: each terminal's records from the one before its
+    lowest term_seq among them up to its highest."""
     ranges: dict[str, tuple[int, int]] = {}
     for todo in todos:
         low, high = ranges.get(todo.term_id, (todo.term_seq, todo.term_seq))
@@ -362,8 +414,8 @@ def _load_matches(session: Session, todos: Sequence[_Todo]) -> dict[int, LoadMat
     return matches
 
 
-def _bill_matches(session: Session, operator_id: str, todos: Sequence[_Todo]) -> set[int]:
-    """Utility payments matched to their bill: paid by this very record, for this amount, to this operator."""
+def _bill_matches(session: Session, todos: Sequence[_Todo]) -> set[int]:
+    """Utility payments matched to their bill: paid by this very record, for this amount, to its operator."""
     refs = sorted({todo.ref for todo in todos if todo.ref and todo.txn_type in PURCHASE_TYPES})
     paid: dict[str, tuple[str | None, int | None, str | None, int | None, str]] = {}
     for start in range(0, len(refs), 1000):
@@ -381,18 +433,15 @@ def _bill_matches(session: Session, operator_id: str, todos: Sequence[_Todo]) ->
     return {
         todo.record_id
         for todo in todos
-        if paid.get(todo.ref) == (todo.term_id, todo.term_seq, todo.card_no, todo.amount, operator_id)
+        if paid.get(todo.ref) == (todo.term_id, todo.term_seq, todo.card_no, todo.amount, todo.operator_id)
     }
 
 
-def decide(
-    session: Session, run: RunRef, operator_id: str, todos: Sequence[_Todo], policy: Policy
-) -> dict[int, Decision]:
+def decide(session: Session, run: RunRef, todos: Sequence[_Todo], policy: Policy) -> dict[int, Decision]:
     """Classify the records (spec §5) with the facts looked up set-wise."""
     if not todos:
         return {}
-    operator = session.get(Operator, operator_id)
-    utility = operator is not None and operator.kind == "utility"
+    utilities = set(session.scalars(select(Operator.operator_id).where(Operator.kind == "utility")))
     since: dict[str, int] = {}
     until: dict[str, int | None] = {}
     for todo in todos:
@@ -413,7 +462,7 @@ def decide(
     whole = CardChain([])
     previous = _previous_term_seqs(session, todos)
     loads = _load_matches(session, todos)
-    bills = _bill_matches(session, operator_id, todos) if utility else set()
+    bills = _bill_matches(session, [todo for todo in todos if todo.operator_id in utilities]) if utilities else set()
     decisions: dict[int, Decision] = {}
     for todo in todos:
         candidate = Candidate(
@@ -434,7 +483,7 @@ def decide(
             batch_term_id=todo.batch_term_id,
             batch_device_kind=todo.batch_device_kind,
             batch_created_epoch=todo.batch_created_epoch,
-            utility=utility,
+            utility=todo.operator_id in utilities,
             device=devices.get(todo.term_id),
             card=cards.get(todo.card_no),
             previous_term_seq=previous.get((todo.term_id, todo.device_seq - 1)),
@@ -604,14 +653,16 @@ def settle_operator_day(session: Session, day: date, operator_id: str, entry_ref
     return gross, fee, gross - fee
 
 
-def clear_operator(session: Session, run: RunRef, operator_id: str, policy: Policy = DEFAULT_POLICY) -> ClearResult:
-    """Decide, post and settle one operator's records for the run's clearing day (does not commit)."""
-    result = ClearResult(operator_id)
-    ledger.ensure_accounts(session, [operator_id])
-    todos = _todo(session, run, operator_id, policy)
-    decisions = decide(session, run, operator_id, todos, policy)
+def clear_shard(session: Session, run: RunRef, shard: Shard, policy: Policy = DEFAULT_POLICY) -> ClearResult:
+    """Decide and post one shard's records (the cards ``shard.low`` ≤ card_no ≤ ``shard.last``, every operator) for
+    the run's clearing day (does not commit). Settlement is the close's (:func:`settle_day`)."""
+    result = ClearResult(shard.key)
+    todos = _todo(session, run, shard, policy)
+    decisions = decide(session, run, todos, policy)
     day_text = run.day.isoformat()
-    clear_ref = f"{day_text}/clear/{operator_id}/r{run.run_no}"
+    operators = sorted({todo.operator_id for todo in todos})
+    ledger.ensure_accounts(session, operators)
+    refs = {op: f"{day_text}/clear/{op}/r{run.run_no}/s{shard.index}" for op in operators}
     posted = [
         todo
         for todo in todos
@@ -621,7 +672,7 @@ def clear_operator(session: Session, run: RunRef, operator_id: str, policy: Poli
     verdicts: list[tuple[Any, ...]] = []
     opened: Counter[int] = Counter()
     on_float: list[_Todo] = []
-    amounts = {FLOAT: 0, SUSPENSE: 0}
+    amounts: dict[str, dict[str, int]] = {op: {FLOAT: 0, SUSPENSE: 0} for op in operators}
     posted_ids = {todo.record_id for todo in posted}
     for todo in todos:
         decision = decisions[todo.record_id]
@@ -635,10 +686,10 @@ def clear_operator(session: Session, run: RunRef, operator_id: str, policy: Poli
                 posting = FLOAT
                 on_float.append(todo)
             amount = todo.amount
-            amounts[posting] += amount
+            amounts[todo.operator_id][posting] += amount
         verdicts.append(
-            (todo.record_id, todo.last_verdict + 1, run.day, run.run_id, operator_id, str(klass), str(code),
-             decision.late, posting, None, amount, clear_ref if posting else None, None)
+            (todo.record_id, todo.last_verdict + 1, run.day, run.run_id, todo.operator_id, str(klass), str(code),
+             decision.late, posting, None, amount, refs[todo.operator_id] if posting else None, None)
         )  # fmt: skip
         if not todo.last_verdict:
             opened[todo.ingest_id] += 1
@@ -649,35 +700,98 @@ def clear_operator(session: Session, run: RunRef, operator_id: str, policy: Poli
         session.execute(
             text("UPDATE batch_ingest SET open_records = open_records - :n WHERE id = :i"), {"n": count, "i": ingest_id}
         )
-    gross = amounts[FLOAT] + amounts[SUSPENSE]
-    cleared = entry(
-        clear_ref,
-        run.day,
-        "clear",
-        operator_id,
-        f"purchases cleared for {operator_id} on {day_text}",
-        {FLOAT: amounts[FLOAT], SUSPENSE: amounts[SUSPENSE], clearing_account(operator_id): -gross},
-    )
-    if cleared is not None:
-        ledger.post(session, cleared)
+    for operator_id in operators:
+        on = amounts[operator_id]
+        gross = on[FLOAT] + on[SUSPENSE]
+        cleared = entry(
+            refs[operator_id],
+            run.day,
+            "clear",
+            operator_id,
+            f"purchases cleared for {operator_id} on {day_text}",
+            {FLOAT: on[FLOAT], SUSPENSE: on[SUSPENSE], clearing_account(operator_id): -gross},
+        )
+        if cleared is not None:
+            ledger.post(session, cleared)
+        result.posted += gross
     if lock_cards_and_find_final(session, (todo.card_no for todo in on_float)):  # locks held until commit
-        raise BalanceMovedOn(f"a card's balance was settled while clearing {operator_id}")
-    lower_shadows(session, run.day, operator_id, f"clearing:{clear_ref}", on_float)
-    result.posted = gross
-    result.gross, result.fee, result.payable = settle_operator_day(
-        session, run.day, operator_id, f"{day_text}/settle/{operator_id}/r{run.run_no}"
-    )
-    log.info("cleared %s for %s (run %d): %s", operator_id, day_text, run.run_no, dict(result.decided))
+        raise BalanceMovedOn(f"a card's balance was settled while clearing shard {shard.key}")
+    lower_shadows(session, run.day, "", f"clearing:{day_text}/clear/r{run.run_no}/s{shard.index}", on_float)
+    log.info("cleared shard %s for %s (run %d): %s", shard.key, day_text, run.run_no, dict(result.decided))
     return result
 
 
-def operators_to_clear(session: Session, run: RunRef) -> list[str]:
-    """Operators with records to decide, pending records, or cleared amounts not yet settled."""
+def operators_to_settle(session: Session, day: date) -> list[str]:
+    """Operators with amounts cleared on ``day`` (settled or not yet)."""
     rows = bulk.fetch_rows(
         session,
-        "SELECT DISTINCT operator_id FROM batch_ingest WHERE claim_run_id IS NOT NULL AND claim_run_id <= :run "
-        "AND open_records > 0 UNION SELECT DISTINCT operator_id FROM clearing_verdict WHERE class = 'pending' "
-        "UNION SELECT DISTINCT operator_id FROM clearing_verdict WHERE clearing_day = :day AND posting IS NOT NULL",
-        {"run": run.run_id, "day": run.day},
+        "SELECT DISTINCT operator_id FROM clearing_verdict WHERE clearing_day = :day AND posting IS NOT NULL "
+        "UNION SELECT operator_id FROM clearing_statement WHERE clearing_day = :day",
+        {"day": day},
     )
     return sorted(str(row[0]) for row in rows)
+
+
+def settle_day(session: Session, run: RunRef) -> dict[str, tuple[int, int, int]]:
+    """Settle every operator's cleared amounts of the run's day (:func:`settle_operator_day`): (gross, fee,
+    payable) by operator."""
+    settled: dict[str, tuple[int, int, int]] = {}
+    for operator_id in operators_to_settle(session, run.day):
+        entry_ref = f"{run.day.isoformat()}/settle/{operator_id}/r{run.run_no}"
+        settled[operator_id] = settle_operator_day(session, run.day, operator_id, entry_ref)
+    return settled
+
+
+SHARD_RECORDS = 50_000
+"""Records per clearing shard aimed at: small enough to spread a day over many workers and keep each task's
+memory bounded, big enough that each task's fixed cost does not matter."""
+MAX_SHARDS = 1024
+CARD_NO_DIGITS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """The cards ``low`` ≤ card_no ≤ ``last`` (16-digit strings): one clear task of a run."""
+
+    index: int
+    count: int
+    low: str
+    last: str
+
+    @property
+    def key(self) -> str:
+        """The task key: ``index/count:low-last``."""
+        return f"{self.index}/{self.count}:{self.low}-{self.last}"
+
+    @classmethod
+    def parse(cls, key: str) -> Shard:
+        """The shard of a task key (:attr:`key`)."""
+        position, _, span = key.partition(":")
+        index, _, count = position.partition("/")
+        low, _, last = span.partition("-")
+        return cls(int(index), int(count), low, last)
+
+
+def plan_shards(session: Session, run: RunRef, shard_records: int = SHARD_RECORDS) -> list[Shard]:
+    """The run's clear tasks: the card_no range of the records to decide, split into equal ranges of about
+    ``shard_records`` records each (card numbers are 16 digits: their text order is their numeric order)."""
+    todo = bulk.fetch_rows(
+        session,
+        "SELECT coalesce(sum(open_records), 0) FROM batch_ingest WHERE claim_run_id IS NOT NULL "
+        "AND claim_run_id <= :run AND open_records > 0",
+        {"run": run.run_id},
+    )
+    pending = bulk.fetch_rows(session, "SELECT count(*) FROM clearing_verdict WHERE class = 'pending'")
+    total = int(todo[0][0]) + int(pending[0][0])
+    if total == 0:
+        return []
+    low_high = bulk.fetch_rows(session, "SELECT min(card_no), max(card_no) FROM clearing_record")
+    low, high = int(low_high[0][0]), int(low_high[0][1]) + 1
+    count = max(1, min(MAX_SHARDS, -(-total // max(1, shard_records)), high - low))
+    step = -(-(high - low) // count)
+    bounds = [min(high, low + i * step) for i in range(count)] + [high]
+    width = CARD_NO_DIGITS
+    spans = [(bounds[i], bounds[i + 1] - 1) for i in range(count) if bounds[i] < bounds[i + 1]]
+    return [
+        Shard(index, len(spans), f"{start:0{width}d}", f"{last:0{width}d}") for index, (start, last) in enumerate(spans)
+    ]

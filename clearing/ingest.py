@@ -45,16 +45,17 @@ RECORD_COLUMNS = (
     "id", "ingest_id", "line_no", "operator_id", "role", "txn_type", "family", "card_no", "card_type", "card_seq",
     "amount", "balance_before", "term_id", "term_seq", "txn_date", "txn_time", "txn_epoch", "tac", "alg", "key_ver",
     "status", "line_id", "station_id", "vehicle_id", "ref", "device_seq", "tac_check", "digest", "conflict_of",
+    "prev_term_seq",
 )  # fmt: skip
 (ID, INGEST_ID, LINE_NO, OPERATOR_ID, ROLE, TXN_TYPE, FAMILY, CARD_NO, CARD_TYPE, CARD_SEQ, AMOUNT, BALANCE_BEFORE,
  TERM_ID, TERM_SEQ, TXN_DATE, TXN_TIME, TXN_EPOCH, TAC, ALG, KEY_VER, STATUS, LINE_ID, STATION_ID, VEHICLE_ID, REF,
- DEVICE_SEQ, TAC_CHECK, DIGEST, CONFLICT_OF) = range(len(RECORD_COLUMNS))  # fmt: skip
+ DEVICE_SEQ, TAC_CHECK, DIGEST, CONFLICT_OF, PREV_TERM_SEQ) = range(len(RECORD_COLUMNS))  # fmt: skip
 FILE_COLUMNS = (
     "txn_type", "card_no", "card_type", "card_seq", "amount", "balance_before", "term_id", "term_seq", "txn_date",
     "txn_time", "tac", "alg", "key_ver", "status", "line_id", "station_id", "vehicle_id", "ref", "device_seq",
 )  # fmt: skip
 COPY_COLUMNS = ("id", "ingest_id", "line_no", "operator_id", "role", "family", "txn_epoch", "tac_check", "digest",
-                *FILE_COLUMNS)  # fmt: skip
+                "prev_term_seq", *FILE_COLUMNS)  # fmt: skip
 """The fast path's column order: computed columns, then the batch line as the device wrote it."""
 _MAYBE_EMPTY = "tac, line_id, station_id, vehicle_id, ref"
 _SKIP_IN_COMPLETION = frozenset({TAC, STATUS, LINE_NO, DIGEST, TAC_CHECK, ID})
@@ -117,7 +118,7 @@ def _same_but_completion(unconfirmed: list[Any], completed: list[Any]) -> bool:
     if unconfirmed[STATUS] != UNCONFIRMED or completed[STATUS] == UNCONFIRMED:
         return False
     skip = _SKIP_IN_COMPLETION
-    return all(unconfirmed[i] == completed[i] for i in range(TXN_TYPE, len(RECORD_COLUMNS) - 1) if i not in skip)
+    return all(unconfirmed[i] == completed[i] for i in range(TXN_TYPE, CONFLICT_OF) if i not in skip)
 
 
 def batch_lines(body: bytes) -> tuple[str, list[tuple[int, str]]]:
@@ -141,6 +142,7 @@ def parse_records(
     parsed = _Parsed()
     by_terminal: dict[tuple[str, int], list[Any]] = {}
     by_card: dict[tuple[str, int, int], list[Any]] = {}
+    by_device_seq: dict[tuple[str, int], list[Any]] = {}
     day_seconds: dict[str, int] = {}
     check = verifier.check
     blake2b = hashlib.blake2b
@@ -175,14 +177,20 @@ def parse_records(
                 parsed.tac_failures += 1
         family = 0 if txn_type == LOAD else 1
         record_id = first_id + index
+        device_seq = int(device_seq_s)
+        before = by_device_seq.get((term_id, device_seq - 1))
+        prev_term_seq = before[TERM_SEQ] if before is not None and before[ROLE] == "primary" else None
         row = [
             record_id, ingest_id, line_no, operator_id, "primary", txn_type, family, card_no, card_type, card_seq,
             amount, balance, term_id, term_seq, txn_date, txn_time, epoch, tac, alg, key_ver, status, line_id,
-            station_id, vehicle_id, ref, int(device_seq_s), tac_check, digest, None,
+            station_id, vehicle_id, ref, device_seq, tac_check, digest, None, prev_term_seq,
         ]  # fmt: skip
+        by_device_seq[(term_id, device_seq)] = row
         body = line if simple else ",".join(_csv_cell(field) for field in fields)
+        prev_text = "" if prev_term_seq is None else prev_term_seq
         parsed.lines[line_no] = (
-            f"{record_id},{prefix_tail}{line_no},{quoted_operator},primary,{family},{epoch},{tac_check},{digest},{body}"
+            f"{record_id},{prefix_tail}{line_no},{quoted_operator},primary,{family},{epoch},{tac_check},{digest},"
+            f"{prev_text},{body}"
         )
         parsed.count += 1
         parsed.amount_total += amount
@@ -304,7 +312,7 @@ def _stage_columns() -> str:
     types = {
         "id": "bigint", "ingest_id": "bigint", "line_no": "integer", "family": "smallint", "card_seq": "integer",
         "amount": "bigint", "balance_before": "bigint", "term_seq": "bigint", "txn_epoch": "bigint",
-        "device_seq": "bigint", "conflict_of": "bigint",
+        "device_seq": "bigint", "conflict_of": "bigint", "prev_term_seq": "bigint",
     }  # fmt: skip
     return ", ".join(f"{name} {types.get(name, 'text')}" for name in RECORD_COLUMNS)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from backoffice.db import UnitOfWork, make_engine, session_factory
 from backoffice.errors import Conflict
 from backoffice.settings import Settings
 from clearing import bulk
-from clearing.clear import BalanceMovedOn, RunRef, clear_operator, operators_to_clear
+from clearing.clear import SHARD_RECORDS, BalanceMovedOn, RunRef, Shard, clear_shard, plan_shards, settle_day
 from clearing.ingest import AlreadyIngested, ingest_in_session, uploads_to_ingest
 from clearing.reconcile import Check, day_end, failed, import_feed, reconcile
 from clearing.rules import DEFAULT_POLICY, Policy
@@ -44,6 +45,16 @@ from clearing.tacs import TacVerifier
 log = logging.getLogger("onecard.clearing.runs")
 
 INGEST, CLEAR, CLOSE = "ingest", "clear", "close"
+ENV_SHARD_RECORDS = "ONECARD_CLEARING_SHARD_RECORDS"
+
+
+def shard_records() -> int:
+    """Records per clear task aimed at (``ONECARD_CLEARING_SHARD_RECORDS``, default
+    :data:`clearing.clear.SHARD_RECORDS`): a run's clear stage is split into card ranges of about this size."""
+    value = os.environ.get(ENV_SHARD_RECORDS, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else SHARD_RECORDS
+
+
 TASK_ATTEMPTS = 5
 
 
@@ -155,9 +166,9 @@ def _advance(session: Session, run: ClearingRun) -> list[tuple[str, int, str]]:
         if run.stage == INGEST:
             session.execute(text("UPDATE batch_ingest SET claim_run_id = :r WHERE claim_run_id IS NULL"), {"r": run.id})
             run.stage = CLEAR
-            operators = operators_to_clear(session, RunRef(run.id, run.clearing_day, run.run_no))
-            if operators:
-                return _add_tasks(session, run.id, CLEAR, operators)
+            shards = plan_shards(session, RunRef(run.id, run.clearing_day, run.run_no), shard_records())
+            if shards:
+                return _add_tasks(session, run.id, CLEAR, [shard.key for shard in shards])
         else:
             run.stage = CLOSE
             return _add_tasks(session, run.id, CLOSE, ["day"])
@@ -300,7 +311,7 @@ def _execute(env: ClearingEnv, dispatcher: Dispatcher, stage: str, run_id: int, 
         if stage == INGEST:
             ingest_in_session(session, int(key), env.verifier(), now)
         elif stage == CLEAR:
-            clear_operator(session, ref, key, env.policy)
+            clear_shard(session, ref, Shard.parse(key), env.policy)
         elif stage == CLOSE:
             closed = close_day(session, ref, env.policy, now)
         task.status, task.attempts, task.finished_at, task.error = "done", task.attempts + 1, now, None
@@ -326,6 +337,7 @@ def close_day(session: Session, run: RunRef, policy: Policy, now: datetime) -> b
         ),
         {"day": run.day, "run": run.run_id},
     )
+    settle_day(session, run)
     feed = import_feed(session, run, policy)
     checks = reconcile(session, run, policy)
     disagree = failed(checks)

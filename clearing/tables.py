@@ -156,6 +156,9 @@ class ClearingRecord(Base):
     """Hex BLAKE2b-128 of the 19 columns: identical copies have the same digest."""
     conflict_of: Mapped[int | None] = mapped_column()
     """For a conflict: the primary record whose key it shares."""
+    prev_term_seq: Mapped[int | None] = mapped_column()
+    """term_seq of the same terminal's record at ``device_seq − 1`` when ingest found it in the same batch (``None``:
+    clearing looks it up)."""
 
 
 class ClearingDuplicate(Base):

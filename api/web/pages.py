@@ -43,12 +43,16 @@ from api.counter import (
     ResidentIn,
     ResidentSearchIn,
     SocialSecurityIn,
+    block_at_desk,
     render_load,
+    resolve_loads_at_desk,
+    unblock_at_desk,
+    unconfirmed_loads,
 )
 from api.deps import AppState, get_state
 from api.finance_routes import BOOKS, CHECKERS, FINANCE, READERS, ClearingRunIn, DecisionIn, ResolutionIn
 from api.ratelimit import enforce
-from api.schemas import CARD_NO, IDEMPOTENCY_KEY
+from api.schemas import CARD_NO, IDEMPOTENCY_KEY, BlockIn, LoadResolutionIn, UnblockIn
 from api.staff import client_address
 from api.staff_auth import (
     ISSUANCE_ROLE,
@@ -747,12 +751,16 @@ def card_page(request: Request, session: WebSession, card_no: str, *, error: Err
     """A card: its record, the desk's reader, and the actions its state and one's roles allow."""
     with _state(request).new_uow() as uow:
         card = counter_service.show_card(uow, session.principal, card_no=_card_no(card_no))
+        unconfirmed = unconfirmed_loads(uow, card_no=card.card_no) if session.may(Action.LOAD) else 0
     actions = {
         "issue": card.state is CardState.APPLIED and session.may(Action.ISSUE_CARD),
         "load": card.state is CardState.ACTIVE and session.may(Action.LOAD),
         "loss": _can_become(card.state, CardState.LOST) and session.may(Action.REPORT_LOSS),
         "replace": _can_become(card.state, CardState.REPLACED) and session.may(Action.REPLACE_CARD),
         "refund": _can_become(card.state, CardState.REFUNDED) and session.may(Action.REFUND_CARD),
+        "block": card.state is CardState.ACTIVE and session.may(Action.BLOCK_CARD),
+        "unblock": card.state is CardState.BLOCKED and session.may(Action.UNBLOCK_CARD),
+        "resolve": unconfirmed > 0,
     }
     return render(
         request, "counter/card.html", session=session, error=error, status=error.status if error else 200,
@@ -900,18 +908,26 @@ def load_receipt_rows(document: Mapping[str, Any], t: Callable[[str], str]) -> l
     ]
 
 
-ConfirmKind = Literal["loss", "replace", "refund"]
+ConfirmKind = Literal["loss", "replace", "refund", "block", "unblock", "resolve"]
+CONFIRM_PATHS: dict[str, str] = {
+    "loss": "loss",
+    "replace": "replacement",
+    "refund": "refund",
+    "block": "block",
+    "unblock": "unblock",
+    "resolve": "loads/resolution",
+}
+"""Where each confirmation posts, under the card's page."""
 
 
 def _confirm_page(request: Request, kind: ConfirmKind, card_no: str) -> Response:
     def run(session: WebSession) -> Response:
         with _state(request).new_uow() as uow:
             card = counter_service.show_card(uow, session.principal, card_no=_card_no(card_no))
-        paths = {"loss": "loss", "replace": "replacement", "refund": "refund"}
         reasons = get_args(LossIn.model_fields["reason"].annotation) if kind == "loss" else ()
         return render(
             request, "counter/confirm.html", session=session, kind=kind, card=card, amount=None, key="",
-            action=f"{PREFIX}/counter/cards/{card.card_no}/{paths[kind]}", reasons=reasons,
+            action=f"{PREFIX}/counter/cards/{card.card_no}/{CONFIRM_PATHS[kind]}", reasons=reasons,
         )  # fmt: skip
 
     return guarded(
@@ -1012,6 +1028,92 @@ def refund_card(request: Request, card_no: str, csrf_token: FormStr = "", presen
             request, session, title="refund.done", card_no=view.from_card_no, rows=_settlement_rows(view, t),
             payout=payout,
         )  # fmt: skip
+
+    return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
+
+
+@router.get("/counter/cards/{card_no}/block")
+def confirm_block(request: Request, card_no: str) -> Response:
+    """Confirm a block of the card in one's desk reader (temporary, or for good)."""
+    return _confirm_page(request, "block", card_no)
+
+
+def _card_rows(view: Any, t: Callable[[str], str]) -> list[tuple[str, str]]:
+    return [
+        ("card.card_no", view.card_no),
+        ("card.state", t(f"state.{view.state.value}")),
+        ("card.balance", format_yuan(view.shadow_balance)),
+    ]
+
+
+@router.post("/counter/cards/{card_no}/block")
+def block_card(request: Request, card_no: str, csrf_token: FormStr = "", permanent: FormStr = "") -> Response:
+    """Block the purse of the card in one's desk reader (line MAC); the receipt."""
+
+    def run(session: WebSession) -> Response:
+        require_form_token(session, csrf_token)
+        body = BlockIn.model_validate({"desk_id": _own_desk(session), "permanent": bool(permanent)})
+        state = _state(request)
+        with state.new_uow() as uow:
+            view = block_at_desk(
+                uow, state.counter_context(), state.desk_readers, session.principal,
+                card_no=_card_no(card_no), desk_id=body.desk_id, permanent=body.permanent,
+            )  # fmt: skip
+        t = translator(language(request))
+        return _receipt(request, session, title="block.done", card_no=view.card_no, rows=_card_rows(view, t))
+
+    return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
+
+
+@router.get("/counter/cards/{card_no}/unblock")
+def confirm_unblock(request: Request, card_no: str) -> Response:
+    """Confirm lifting the temporary block of the card in one's desk reader."""
+    return _confirm_page(request, "unblock", card_no)
+
+
+@router.post("/counter/cards/{card_no}/unblock")
+def unblock_card(request: Request, card_no: str, csrf_token: FormStr = "") -> Response:
+    """Lift the temporary block of the card in one's desk reader (supervisors); the receipt."""
+
+    def run(session: WebSession) -> Response:
+        require_form_token(session, csrf_token)
+        body = UnblockIn.model_validate({"desk_id": _own_desk(session)})
+        state = _state(request)
+        with state.new_uow() as uow:
+            view = unblock_at_desk(
+                uow, state.counter_context(), state.desk_readers, session.principal,
+                card_no=_card_no(card_no), desk_id=body.desk_id,
+            )  # fmt: skip
+        t = translator(language(request))
+        return _receipt(request, session, title="unblock.done", card_no=view.card_no, rows=_card_rows(view, t))
+
+    return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
+
+
+@router.get("/counter/cards/{card_no}/loads/resolution")
+def confirm_resolution(request: Request, card_no: str) -> Response:
+    """Confirm settling the card's unconfirmed loads with the card in one's desk reader."""
+    return _confirm_page(request, "resolve", card_no)
+
+
+@router.post("/counter/cards/{card_no}/loads/resolution")
+def resolve_loads(request: Request, card_no: str, csrf_token: FormStr = "") -> Response:
+    """Settle the card's unconfirmed loads with the card (each proven, void, or still unconfirmed); the receipt."""
+
+    def run(session: WebSession) -> Response:
+        require_form_token(session, csrf_token)
+        body = LoadResolutionIn.model_validate({"desk_id": _own_desk(session)})
+        state = _state(request)
+        outcomes = resolve_loads_at_desk(
+            state.new_uow, state.counter_context(), state.desk_readers, session.principal,
+            card_no=_card_no(card_no), desk_id=body.desk_id,
+        )  # fmt: skip
+        t = translator(language(request))
+        rows = [("card.card_no", card_no)]
+        rows += [("resolve.load", f"{format_yuan(o.amount)} · {t(f'lstatus.{o.status.value}')}") for o in outcomes]
+        if not outcomes:
+            rows.append(("resolve.result", t("resolve.none")))
+        return _receipt(request, session, title="resolve.done", card_no=card_no, rows=rows)
 
     return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
 
@@ -1127,7 +1229,7 @@ def _finance_home(
     board.runs = section(session, READERS, uow_call(lambda uow: finance.list_clearing_runs(uow, business_date=day)))
     board.reconciliation = section(session, BOOKS, uow_call(lambda uow: finance.reconciliation(uow, business_date=day)))
     board.exceptions = section(
-        session, BOOKS, uow_call(lambda uow: finance.exceptions(uow, business_date=None, status="open"))
+        session, READERS, uow_call(lambda uow: finance.exceptions(uow, business_date=None, status="open"))
     )
     t = translator(language(request))
     charts: dict[str, Markup | None] = {"hours": None, "operators": None}
@@ -1227,7 +1329,7 @@ def exceptions_page(
     request: Request, status: str | None = "open", day: Annotated[str | None, Query(alias="date")] = None
 ) -> Response:
     """The exceptions queue: propose a resolution (maker), approve or refuse it (checker, another person)."""
-    return guarded(request, lambda session: _exceptions_page(request, session, status, day), roles=BOOKS)
+    return guarded(request, lambda session: _exceptions_page(request, session, status, day), roles=READERS)
 
 
 def _exception_id(value: str) -> int:
@@ -1243,17 +1345,23 @@ def propose_resolution(
     csrf_token: FormStr = "",
     action: FormStr = "",
     note: FormStr = "",
+    amount: FormStr = "",
     back: FormStr = "open",
 ) -> Response:
-    """The maker proposes how an exception is resolved."""
+    """The maker proposes how an exception is resolved (``adjust``: with the amount to settle, in yuan)."""
 
     def run(session: WebSession) -> Response:
         require_form_token(session, csrf_token)
-        body = ResolutionIn.model_validate({"action": action, "note": note.strip()})
+        fields: dict[str, Any] = {"action": action, "note": note.strip()}
+        if action == "adjust":  # the amount field means nothing for the other actions
+            fields["amount"] = parse_yuan(amount)
+        body = ResolutionIn.model_validate(fields)
+        adjusted = {"amount": body.amount} if body.amount is not None else {}
         with _state(request).new_uow() as uow:
             finance.propose_resolution(
-                uow, session.principal, exception_id=_exception_id(exception_id), action=body.action, note=body.note
-            )
+                uow, session.principal, exception_id=_exception_id(exception_id), action=body.action, note=body.note,
+                **adjusted,
+            )  # fmt: skip
         return redirect(f"{PREFIX}/finance/exceptions?status={quote(back)}", "exc.proposed")
 
     return guarded(

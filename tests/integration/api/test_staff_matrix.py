@@ -76,12 +76,29 @@ def _requests(world: StaffWorld, card_no: str, resident_id: int) -> dict[tuple[s
         },
         ("POST", "/counter/cards/{card_no}/refund"): {"path": {"card_no": card_no}, "json": {"desk_id": "DESK-A"}},
         ("POST", "/counter/settlements/{settlement_id}/payout"): {"path": {"settlement_id": 1}},
+        ("POST", "/counter/cards/{card_no}/block"): {"path": {"card_no": card_no}, "json": {"desk_id": "DESK-A"}},
+        ("POST", "/counter/cards/{card_no}/unblock"): {"path": {"card_no": card_no}, "json": {"desk_id": "DESK-A"}},
+        ("POST", "/counter/cards/{card_no}/cancel"): {"path": {"card_no": card_no}, "json": {"desk_id": "DESK-A"}},
+        ("POST", "/counter/cards/{card_no}/activate"): {"path": {"card_no": card_no}},
+        ("PATCH", "/counter/cards/{card_no}/cardholder"): {
+            "path": {"card_no": card_no},
+            "json": {"desk_id": "DESK-A", "address": "3 Renmin Road"},
+        },
+        ("POST", "/counter/cards/{card_no}/loads/resolution"): {
+            "path": {"card_no": card_no},
+            "json": {"desk_id": "DESK-A"},
+        },
+        ("POST", "/counter/settlements/{settlement_id}/collection"): {
+            "path": {"settlement_id": 1},
+            "json": {"desk_id": "DESK-A"},
+        },
         ("POST", "/finance/clearing-runs"): {"json": {"business_date": "2025-03-01"}},
         ("GET", "/finance/clearing-runs"): {},
         ("GET", "/finance/clearing-runs/{run_id}"): {"path": {"run_id": 1}},
         ("GET", "/finance/clearing-runs/{run_id}/result"): {"path": {"run_id": 1}},
         ("GET", "/finance/statements"): {"query": {"date": "2025-03-01"}},
         ("GET", "/finance/exceptions"): {},
+        ("GET", "/finance/exceptions/{exception_id}"): {"path": {"exception_id": 1}},
         ("POST", "/finance/exceptions/{exception_id}/resolution"): {
             "path": {"exception_id": 1},
             "json": {"action": "accept", "note": "ok"},
@@ -132,6 +149,8 @@ def test_no_unauthorised_2xx(world: StaffWorld) -> None:
     assert seen[("POST", "/counter/cards/{card_no}/loads")]["clerk-a"] == 201
     assert seen[("GET", "/admin/desks")]["admin"] == 200
     assert seen[("POST", "/finance/clearing-runs")]["finance"] == 501
+    assert seen[("GET", "/finance/exceptions/{exception_id}")]["super-a"] == 501  # the checker gets through
+    assert seen[("POST", "/counter/cards/{card_no}/loads/resolution")]["clerk-a"] == 200
 
 
 def test_someone_elses_objects(world: StaffWorld) -> None:
@@ -144,12 +163,24 @@ def test_someone_elses_objects(world: StaffWorld) -> None:
         assert world.call(as_, "GET", f"/counter/desks/{desk}/card").status_code == 403
         reset = {"desk_id": desk, "new_pin": "2468"}
         assert world.call(as_, "POST", f"/counter/cards/{card}/pin-reset", json=reset).status_code == 403
+        # The card maintenance operations too (issue #7, completeness).
+        for suffix, method, body in (
+            ("block", "POST", {"desk_id": desk}),
+            ("loads/resolution", "POST", {"desk_id": desk}),
+            ("cardholder", "PATCH", {"desk_id": desk, "name": "LI SI"}),
+        ):
+            assert world.call(as_, method, f"/counter/cards/{card}/{suffix}", json=body).status_code == 403
     fresh = world.apply(None, as_="clerk-b")
     world.readers.place("DESK-A", world.factory_chip())
     issue = {"desk_id": "DESK-A", "pin": "1234"}
     assert world.call("clerk-b", "POST", f"/counter/cards/{fresh}/issue", json=issue).status_code == 403
     # A supervisor of desk A refunds with desk A's reader, not desk B's.
     world.readers.place("DESK-A", chip_a)
+    for suffix in ("cancel", "unblock"):
+        other_desk = {"desk_id": "DESK-B"}
+        assert world.call("super-a", "POST", f"/counter/cards/{card_b}/{suffix}", json=other_desk).status_code == 403
+    collect = world.call("clerk-b", "POST", "/counter/settlements/1/collection", json={"desk_id": "DESK-A"})
+    assert collect.status_code == 403
     assert (
         world.call("super-a", "POST", f"/counter/cards/{card_b}/refund", json={"desk_id": "DESK-B"}).status_code == 403
     )

@@ -115,8 +115,18 @@ def test_the_ledger_is_append_only(engine: Engine) -> None:
         uow.session.execute(INSERT_LINE, [_line("e-2", 3, FLOAT, 1, 0)])
 
 
+A_RECORD = text(
+    "INSERT INTO clearing_record (id, ingest_id, line_no, operator_id, role, txn_type, family, card_no, card_type, "
+    "card_seq, amount, balance_before, term_id, term_seq, txn_date, txn_time, txn_epoch, tac, alg, key_ver, status, "
+    "line_id, station_id, vehicle_id, ref, device_seq, tac_check, digest) VALUES (1, 1, 2, 'OP', 'primary', '06', 1, "
+    "'0310000000000001', '01', 0, 100, 1000, '031000000101', 1, '20250303', '080000', 0, '00000000', '00', '01', "
+    "'ok', '', '', '', '', 1, 'ok', 'x')"
+)
+
+
 def test_a_closed_day_takes_nothing_and_never_reopens(engine: Engine) -> None:
     with _uow(engine) as uow:
+        uow.session.execute(A_RECORD)  # the verdict below is refused for its day, not for its record
         uow.session.execute(text("UPDATE clearing_day SET status = 'closed' WHERE day = :d"), {"d": DAY})
         uow.commit()
     late = entry("late", DAY, "test", None, "", {FLOAT: 1, FEE_INCOME: -1})

@@ -149,3 +149,29 @@ def test_the_commands_ingest_run_and_report(city: City, tmp_path: Path, monkeypa
     assert bad.exit_code == 1 and bad.stderr.startswith("error: --date must be YYYY-MM-DD")
     never = runner.invoke(clearing_app, ["report", "--date", "2024-01-01"])
     assert never.exit_code == 1 and "has not been run" in never.stderr
+
+
+def test_the_same_day_gives_the_same_reports_however_many_shards_clear_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clear stage is split into card ranges (one task each): one shard per card or one for the whole day,
+    the statements, classes and every report byte are the same."""
+    made: dict[str, dict[str, bytes]] = {}
+    tasks: dict[str, int] = {}
+    for name, shard_records in (("one", "1000000"), ("many", "1")):
+        monkeypatch.setenv("ONECARD_CLEARING_SHARD_RECORDS", shard_records)
+        (tmp_path / name).mkdir()
+        city = open_city(f"sqlite:///{tmp_path / name / 'city.db'}", tmp_path / name)
+        try:
+            a_city_day(city)
+            made[name] = {**_all_formats(city, DAY), **{f"next.{k}": v for k, v in _all_formats(city, NEXT).items()}}
+            with city.uow() as uow:
+                tasks[name] = int(
+                    uow.session.execute(
+                        text("SELECT count(*) FROM clearing_task WHERE stage = 'clear' AND run_id = 1")
+                    ).scalar_one()
+                )
+        finally:
+            city.dispose()
+    assert tasks["one"] == 1 and tasks["many"] >= 4
+    assert made["one"] == made["many"]

@@ -8,6 +8,7 @@ them. Key bytes never appear in exception messages or reprs produced here.
 from __future__ import annotations
 
 import hmac
+import struct
 from enum import IntEnum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -296,6 +297,12 @@ def purchase_tac(
     return mac(alg, tac_key(alg, dtk), data)
 
 
+_PURCHASE_DATA = struct.Struct(">IB6sI4s3s")
+"""amount 4 ‖ type 1 ‖ term_id 6 ‖ term_seq 4 ‖ date4 ‖ time3 (spec §2.4, purchase TAC)."""
+_LOAD_DATA = struct.Struct(">IHIB6s4s3s")
+"""new_balance 4 ‖ online_seq 2 ‖ amount 4 ‖ 02 ‖ term_id 6 ‖ date4 ‖ time3 (spec §2.4, load TAC)."""
+
+
 class TacCalculator:
     """TACs of one card, fast: the TAC key's ECB encryptor is made once and CBC is done block by block.
 
@@ -311,15 +318,44 @@ class TacCalculator:
         self._block = alg.block_size
         self._encrypt = Cipher(_algorithm(alg, key), modes.ECB()).encryptor().update
 
-    def _mac(self, data: bytes) -> bytes:
+    def _mac_value(self, data: bytes) -> int:
+        """The 4-byte CBC MAC of ``pad(data)`` as an integer."""
         block = self._block
-        padded = pad(data, block)
+        data += b"\x80" + bytes((-len(data) - 1) % block)
         encrypt = self._encrypt
-        chained = bytes(block)
-        for start in range(0, len(padded), block):
-            value = int.from_bytes(padded[start : start + block], "big") ^ int.from_bytes(chained, "big")
-            chained = encrypt(value.to_bytes(block, "big"))
-        return chained[:4]
+        from_bytes = int.from_bytes
+        chained = 0
+        for start in range(0, len(data), block):
+            plain = (from_bytes(data[start : start + block], "big") ^ chained).to_bytes(block, "big")
+            chained = from_bytes(encrypt(plain), "big")
+        return chained >> (block * 8 - 32)
+
+    def _mac(self, data: bytes) -> bytes:
+        return self._mac_value(data).to_bytes(4, "big")
+
+    def purchase_value(
+        self, amount: int, txn_type: int, term_id: bytes, term_seq: int, date4: bytes, time3: bytes
+    ) -> int:
+        """:meth:`purchase` as a 32-bit integer (big-endian): what clearing compares with a record's TAC."""
+        if len(term_id) != 6 or len(date4) != 4 or len(time3) != 3:
+            raise ValueError("term_id, date and time are 6, 4 and 3 bytes")
+        try:
+            data = _PURCHASE_DATA.pack(amount, txn_type, term_id, term_seq, date4, time3)
+        except struct.error as exc:
+            raise OverflowError(str(exc)) from None
+        return self._mac_value(data)
+
+    def load_value(
+        self, new_balance: int, online_seq: int, amount: int, term_id: bytes, date4: bytes, time3: bytes
+    ) -> int:
+        """:meth:`load` as a 32-bit integer (big-endian)."""
+        if len(term_id) != 6 or len(date4) != 4 or len(time3) != 3:
+            raise ValueError("term_id, date and time are 6, 4 and 3 bytes")
+        try:
+            data = _LOAD_DATA.pack(new_balance, online_seq, amount, 0x02, term_id, date4, time3)
+        except struct.error as exc:
+            raise OverflowError(str(exc)) from None
+        return self._mac_value(data)
 
     def purchase(self, amount: int, txn_type: int, term_id: bytes, term_seq: int, date4: bytes, time3: bytes) -> bytes:
         """``TAC = MAC_TK(amount ‖ type ‖ term_id ‖ term_seq ‖ date4 ‖ time3)``."""

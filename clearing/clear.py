@@ -464,34 +464,23 @@ def decide(session: Session, run: RunRef, todos: Sequence[_Todo], policy: Policy
     loads = _load_matches(session, todos)
     bills = _bill_matches(session, [todo for todo in todos if todo.operator_id in utilities]) if utilities else set()
     decisions: dict[int, Decision] = {}
+    device_of, card_of, load_of, chain_of = devices.get, cards.get, loads.get, chains.get
     for todo in todos:
+        record_id = todo.record_id
         candidate = Candidate(
-            record_id=todo.record_id,
-            role=todo.role,
-            txn_type=todo.txn_type,
-            card_no=todo.card_no,
-            card_seq=todo.card_seq,
-            amount=todo.amount,
-            balance_before=todo.balance_before,
-            term_id=todo.term_id,
-            term_seq=todo.term_seq,
-            device_seq=todo.device_seq,
-            txn_date=todo.txn_date,
-            txn_epoch=todo.txn_epoch,
-            status=todo.status,
-            tac_check=todo.tac_check,
-            batch_term_id=todo.batch_term_id,
-            batch_device_kind=todo.batch_device_kind,
-            batch_created_epoch=todo.batch_created_epoch,
-            utility=todo.operator_id in utilities,
-            device=devices.get(todo.term_id),
-            card=cards.get(todo.card_no),
-            previous_term_seq=previous.get((todo.term_id, todo.device_seq - 1)),
-            load_match=loads.get(todo.record_id),
-            bill_matched=todo.record_id in bills,
-            chain_verified=todo.record_id in plain,
+            *todo[:14],  # record_id … tac_check: the same fields in the same order
+            todo.batch_term_id,
+            todo.batch_device_kind,
+            todo.batch_created_epoch,
+            todo.operator_id in utilities,
+            device_of(todo.term_id),
+            card_of(todo.card_no),
+            previous.get((todo.term_id, todo.device_seq - 1)),
+            load_of(record_id),
+            record_id in bills,
+            record_id in plain,
         )
-        decisions[todo.record_id] = classify(candidate, chains.get(todo.card_no, whole), run.day, policy)
+        decisions[record_id] = classify(candidate, chain_of(todo.card_no, whole), run.day, policy)
     return decisions
 
 

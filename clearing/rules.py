@@ -11,6 +11,7 @@ Everything is integer fen and Unix seconds.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -303,9 +304,15 @@ class Decision:
     late: bool
 
 
+@functools.lru_cache(maxsize=4096)
 def transaction_day(txn_date: str) -> date:
     """The ``txn_date`` column as a date."""
     return date(int(txn_date[:4]), int(txn_date[4:6]), int(txn_date[6:8]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decision(klass: Klass, code: Code, late: bool) -> Decision:
+    return Decision(klass, code, late)
 
 
 def classify(candidate: Candidate, chain: CardChain, day: date, policy: Policy = DEFAULT_POLICY) -> Decision:
@@ -319,7 +326,7 @@ def classify(candidate: Candidate, chain: CardChain, day: date, policy: Policy =
     late = transaction_day(candidate.txn_date) < day
 
     def decided(klass: Klass, code: Code) -> Decision:
-        return Decision(klass, code, late)
+        return _decision(klass, code, late)
 
     if candidate.role == "conflict":
         return decided(Klass.CONFLICT, Code.KEY_CONFLICT)
@@ -339,9 +346,9 @@ def classify(candidate: Candidate, chain: CardChain, day: date, policy: Policy =
     if hotlisted is not None and candidate.txn_epoch > hotlisted:
         return decided(Klass.REJECTED, Code.HOTLISTED)
 
-    record = candidate.chain_record
+    record = None if candidate.chain_verified and not candidate.unconfirmed else candidate.chain_record
     settled_code = Code.OK
-    if candidate.unconfirmed:
+    if record is not None and candidate.unconfirmed:
         if chain.has(record.family, record.card_seq, confirmed_only=True):
             return decided(Klass.REJECTED, Code.VOID_REUSED_SEQ)
         if not chain.has(record.family, record.card_seq + 1, confirmed_only=True):
@@ -370,8 +377,8 @@ def _device_refusal(candidate: Candidate) -> Code | None:
     return None
 
 
-def _chain_suspicion(candidate: Candidate, record: ChainRecord, chain: CardChain, skew: int) -> Code | None:
-    if not candidate.chain_verified:
+def _chain_suspicion(candidate: Candidate, record: ChainRecord | None, chain: CardChain, skew: int) -> Code | None:
+    if record is not None and not candidate.chain_verified:
         if record.card_seq > 0 and not chain.has(record.family, record.card_seq - 1):
             return Code.COUNTER_GAP
         if not chain.balance_fits(record, skew):

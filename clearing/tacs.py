@@ -8,7 +8,6 @@ asked for every TAC through its public ``verify_purchase_tac`` / ``verify_load_t
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,20 +29,13 @@ def _unknown_key(exc: Exception) -> bool:
 
 
 def card_tac_calculator(keystore: Any, alg: Alg, version: int, card_no: bytes) -> crypto.TacCalculator | None:
-    """A TAC calculator for one card, built from the card's DTK as the keystore derives it (spec §1), or ``None``
-    when the keystore does not hand out derived card keys.
-
-    The keystore's public ``tac_calculator(alg, version, card_no)`` is used when it has one. Until it does,
-    ``issuance.keystore.BaseKeystore``'s derived-key hook ``_dtk`` (LRU in memory, never stored) is the one
-    place clearing reaches past the public API; other keystores get the per-record public verify calls.
-    """
+    """A TAC calculator for one card from the keystore's public ``tac_calculator(alg, version, card_no)`` (its
+    DTK derived by the keystore, held only in memory), or ``None`` when the keystore has none: then every TAC is
+    checked through its public ``verify_purchase_tac`` / ``verify_load_tac``."""
     public = getattr(keystore, "tac_calculator", None)
     if callable(public):
         calculator = public(alg, version, card_no)
         return calculator if isinstance(calculator, crypto.TacCalculator) else None
-    derive = getattr(keystore, "_dtk", None)
-    if callable(derive):
-        return crypto.TacCalculator(alg, derive(alg, version, card_no))
     return None
 
 
@@ -60,6 +52,8 @@ class TacVerifier:
         self._calculators: OrderedDict[tuple[str, str, str], crypto.TacCalculator | None] = OrderedDict()
         self._no_key: set[tuple[str, str]] = set()
         self._bytes: dict[str, bytes] = {}
+        self._by_card: dict[str, crypto.TacCalculator | Literal[False] | None] = {}
+        """alg ‖ key_ver ‖ card_no → the card's calculator (or None / False, as :meth:`_calculator`)."""
 
     def __repr__(self) -> str:
         return f"TacVerifier(cards={len(self._calculators)})"
@@ -110,27 +104,35 @@ class TacVerifier:
     ) -> TacCheck:
         """Verify one record's TAC (spec §2.4): a purchase's over ``amount ‖ type ‖ term_id ‖ term_seq ‖ date ‖
         time``, a load's over ``new_balance ‖ online_seq ‖ amount ‖ 02 ‖ term_id ‖ date ‖ time``."""
-        calculator = self._calculator(alg, key_ver, card_no)
+        card_key = alg + key_ver + card_no
+        if card_key in self._by_card:
+            calculator = self._by_card[card_key]
+        else:
+            calculator = self._calculator(alg, key_ver, card_no)
+            if len(self._by_card) > self._size:
+                self._by_card.clear()
+            self._by_card[card_key] = calculator
         if calculator is False:
             return "nokey"
-        hexed = self._hex
         if calculator is None:
             return self._check_with_keystore(
                 txn_type, card_no, card_seq, amount, balance_before, term_id, term_seq, txn_date, txn_time, tac, alg,
                 key_ver,
             )  # fmt: skip
+        hexed = self._hex
         try:
             if txn_type == LOAD:
-                expected = calculator.load(
+                expected = calculator.load_value(
                     balance_before + amount, card_seq, amount, hexed(term_id), hexed(txn_date), hexed(txn_time)
                 )
             else:
-                expected = calculator.purchase(
+                expected = calculator.purchase_value(
                     amount, int(txn_type, 16), hexed(term_id), term_seq, hexed(txn_date), hexed(txn_time)
                 )
-        except OverflowError:  # a value no card can have written (more than its field's bytes)
+            written = int(tac, 16) if len(tac) == 8 else -1
+        except (OverflowError, ValueError):  # a value no card can have written (more than its field's bytes)
             return "bad"
-        return "ok" if hmac.compare_digest(expected, bytes.fromhex(tac)) else "bad"
+        return "ok" if expected == written else "bad"
 
     def _check_with_keystore(
         self,

@@ -526,6 +526,11 @@ class BaseKeystore(ABC):
         time3: bytes,
     ) -> bytes: ...
 
+    def tac_calculator(self, alg: Alg, version: int, card_no: bytes) -> crypto.TacCalculator:
+        """A fast TAC calculator of one card (spec §1 TAC key, §2.4), for clearing, which checks millions of TACs:
+        the card's DTK is derived by the keystore and lives only in the calculator's cipher, in memory."""
+        return crypto.TacCalculator(alg, self._dtk(alg, version, card_no))
+
     @abstractmethod
     def _dtk(self, alg: Alg, version: int, card_no: bytes) -> bytes:
         """The card's DTK (may come from an in-memory LRU; never stored)."""
@@ -546,6 +551,7 @@ class SoftwareOps:
     def __init__(self, master: Callable[[Alg, int, str], bytes]) -> None:
         self._master = master
         self._cache = CardKeyCache()
+        self._diversifiers: dict[tuple[Alg, int], crypto.Diversifier] = {}
 
     def __repr__(self) -> str:
         return "SoftwareOps()"
@@ -553,6 +559,15 @@ class SoftwareOps:
     def card_key(self, alg: Alg, version: int, usage: int, card_no: bytes) -> bytes:
         """``diversify(master, card_no)`` (§1)."""
         return crypto.diversify(alg, self._master(alg, version, CARD_KEY_MASTERS[usage]), card_no)
+
+    def tac_calculator(self, alg: Alg, version: int, card_no: bytes) -> crypto.TacCalculator:
+        """The card's TAC calculator, its DTK diversified by a :class:`cardos.crypto.Diversifier` of MTK kept for
+        the master (one cipher per master key, not one per card)."""
+        diversifier = self._diversifiers.get((alg, version))
+        if diversifier is None:
+            diversifier = crypto.Diversifier(alg, self._master(alg, version, CARD_KEY_MASTERS[DTK_USAGE]))
+            self._diversifiers[(alg, version)] = diversifier
+        return crypto.TacCalculator(alg, diversifier.card_key(card_no))
 
     def dtk(self, alg: Alg, version: int, card_no: bytes) -> bytes:
         """The card's DTK, from the LRU when it was derived recently."""
@@ -828,6 +843,10 @@ class SoftwareKeystore(BaseKeystore):
 
     def _dtk(self, alg: Alg, version: int, card_no: bytes) -> bytes:
         return self._ops.dtk(alg, version, card_no)
+
+    def tac_calculator(self, alg: Alg, version: int, card_no: bytes) -> crypto.TacCalculator:
+        """See :meth:`BaseKeystore.tac_calculator` (the master's diversifier is made once)."""
+        return self._ops.tac_calculator(alg, version, card_no)
 
     def _line_mac(
         self, alg: Alg, version: int, usage: int, card_no: bytes, header_and_data: bytes, challenge: bytes

@@ -64,3 +64,27 @@ def test_diversifier_equals_the_vectors(suite: str) -> None:
     for entry in v["diversified_keys"].values():
         master = bytes.fromhex(v["master_keys"][entry["master"]]["key"])
         assert crypto.Diversifier(alg, master).card_key(card_no).hex().upper() == entry["key"]
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_the_integer_forms_equal_the_vectors_and_refuse_what_no_card_wrote(suite: str) -> None:
+    v = VECTORS["suites"][suite]
+    alg = crypto.Alg(int(suite, 16))
+    h = bytes.fromhex
+    calc = crypto.TacCalculator(alg, h(v["diversified_keys"]["DTK"]["key"]))
+    i = v["purchase"]["inputs"]
+    args = (int(i["amount"], 16), int(i["type"], 16), h(i["term_id"]), int(i["term_seq"], 16), h(i["date"]), h(i["time"]))
+    assert calc.purchase_value(*args) == int(v["purchase"]["tac"], 16)
+    load = v["load"]
+    i = load["inputs"]
+    value = calc.load_value(
+        int(load["new_balance"], 16), int(i["online_seq"], 16), int(i["amount"], 16), h(i["term_id"]), h(i["date"]),
+        h(i["time"]),
+    )  # fmt: skip
+    assert value == int(load["tac"], 16)
+    with pytest.raises(OverflowError):
+        calc.purchase_value(2**32, 6, bytes(6), 1, bytes(4), bytes(3))
+    with pytest.raises(OverflowError):
+        calc.load_value(1, 2**16, 1, bytes(6), bytes(4), bytes(3))
+    with pytest.raises(ValueError):
+        calc.purchase_value(1, 6, bytes(5), 1, bytes(4), bytes(3))  # a short term_id is not padded silently

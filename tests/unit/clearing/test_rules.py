@@ -202,3 +202,10 @@ def test_tacs_of_the_vectors_verify_and_any_change_fails(verifier: TacVerifier) 
     assert verifier.check(**{**purchase, "card_seq": 99, "balance_before": 1}) == "ok"  # type: ignore[arg-type]
     assert verifier.check(**{**purchase, "key_ver": "7F"}) == "nokey"  # type: ignore[arg-type]
     assert verifier.check(**{**purchase, "amount": 2**33}) == "bad"  # type: ignore[arg-type]
+
+
+def test_the_adapters_record_fields_lead_the_candidate_in_the_same_order() -> None:
+    """clearing.clear builds candidates positionally from its rows: the first 14 fields must line up."""
+    from clearing.clear import _Todo
+
+    assert _Todo._fields[:14] == Candidate._fields[:14]

@@ -613,3 +613,18 @@ def test_aes_gcm_sealer() -> None:
     with pytest.raises(KeystoreError):
         sealer.open_sealed(sealed[:20], b"")
     assert bytes(range(32)).hex() not in repr(sealer)
+
+
+@pytest.mark.parametrize("alg", ALGS, ids=ALG_IDS)
+def test_the_tac_calculator_checks_the_vector_tacs(store: SoftwareKeystore, alg: Alg) -> None:
+    """Clearing's fast path: the keystore's TAC calculator of the vector card gives the vectors' TACs (§2.4)."""
+    vector = suite(alg)["purchase"]
+    i = vector["inputs"]
+    calculator = store.tac_calculator(alg, 1, card_no(alg))
+    tac = calculator.purchase(
+        int(i["amount"], 16), int(i["type"], 16), H(i["term_id"]), int(i["term_seq"], 16), H(i["date"]), H(i["time"])
+    )
+    assert tac == H(vector["tac"])
+    assert store.tac_calculator(alg, 1, card_no(alg)).purchase_value(
+        int(i["amount"], 16), int(i["type"], 16), H(i["term_id"]), int(i["term_seq"], 16), H(i["date"]), H(i["time"])
+    ) == int(vector["tac"], 16)

@@ -211,7 +211,9 @@ class ClearingVerdict(Base):
         ),
     )
 
-    record_id: Mapped[int] = mapped_column(ForeignKey("clearing_record.id"))
+    record_id: Mapped[int] = mapped_column()
+    """The record (``clearing_record.id``); no foreign key: clearing writes verdicts only for records it has just
+    read in the same transaction, records are never deleted, and checking the key would share-lock every record."""
     verdict_no: Mapped[int] = mapped_column(SmallInteger())
     clearing_day: Mapped[date] = mapped_column(Date())
     run_id: Mapped[int | None] = mapped_column()

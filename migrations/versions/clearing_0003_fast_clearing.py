@@ -9,9 +9,14 @@ Create Date: 2026-11-22
   clearing looks up only each batch's first record instead of every record.
 - PostgreSQL: the trigger that refuses a verdict on a closed clearing day runs once per statement over the
   inserted rows (a transition table) instead of once per row: clearing inserts its verdicts with ``COPY``.
+- ``clearing_verdict.record_id`` loses its foreign key: checking it share-locked every record row a verdict
+  names (a write to every page of ``clearing_record``, once per record). Verdicts are written only by clearing,
+  from the records it has just read in the same transaction, and records are never deleted (append-only).
 """
 
 from __future__ import annotations
+
+import re
 
 import sqlalchemy as sa
 from alembic import op
@@ -50,12 +55,57 @@ PG_DOWNGRADE = [
 ]
 
 
+FK_NAME = "fk_clearing_verdict_record_id_clearing_record"
+
+
+def _sqlite_rebuild_verdicts(with_fk: bool) -> None:
+    """SQLite cannot drop or add a constraint: rebuild ``clearing_verdict`` from its own DDL with or without the
+    foreign key, keeping its rows, indexes and triggers."""
+    bind = op.get_bind()
+    table_sql = bind.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'clearing_verdict'"
+    ).scalar_one()
+    dependents = (
+        bind.exec_driver_sql(
+            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'clearing_verdict' "
+            "AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+        )
+        .tuples()
+        .all()
+    )
+    if with_fk:
+        new_sql = re.sub(
+            r"\)\s*$",
+            f", CONSTRAINT {FK_NAME} FOREIGN KEY(record_id) REFERENCES clearing_record (id))",
+            table_sql.rstrip(),
+        )
+    else:
+        new_sql = re.sub(
+            rf",\s*CONSTRAINT {FK_NAME} FOREIGN KEY\s*\(record_id\)\s*REFERENCES clearing_record \(id\)", "", table_sql
+        )
+    if new_sql == table_sql:
+        raise RuntimeError("clearing_verdict's DDL is not the one this migration knows")
+    new_sql = re.sub(r'^CREATE TABLE "?clearing_verdict"?', "CREATE TABLE clearing_verdict_rebuilt", new_sql)
+    for kind, name, _ in dependents:
+        bind.exec_driver_sql(f"DROP {kind.upper()} IF EXISTS {name}")
+    bind.exec_driver_sql(new_sql)
+    bind.exec_driver_sql("INSERT INTO clearing_verdict_rebuilt SELECT * FROM clearing_verdict")
+    bind.exec_driver_sql("DROP TABLE clearing_verdict")
+    bind.exec_driver_sql("ALTER TABLE clearing_verdict_rebuilt RENAME TO clearing_verdict")
+    for _, _, sql in dependents:
+        bind.exec_driver_sql(sql)
+
+
 def upgrade() -> None:
-    """Add the column; on PostgreSQL, replace the row trigger by a statement trigger."""
+    """Add the column; drop the verdicts' foreign key; on PostgreSQL, replace the row trigger by a statement
+    trigger."""
     op.add_column("clearing_record", sa.Column("prev_term_seq", BIGINT, nullable=True))
     if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint(FK_NAME, "clearing_verdict", type_="foreignkey")
         for statement in PG_UPGRADE:
             op.execute(statement)
+    else:
+        _sqlite_rebuild_verdicts(with_fk=False)
 
 
 def downgrade() -> None:
@@ -63,4 +113,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for statement in PG_DOWNGRADE:
             op.execute(statement)
+        op.create_foreign_key(FK_NAME, "clearing_verdict", "clearing_record", ["record_id"], ["id"])
+    else:
+        _sqlite_rebuild_verdicts(with_fk=True)
     op.drop_column("clearing_record", "prev_term_seq")

@@ -5,7 +5,7 @@
 - :mod:`clearing.ingest`: accepted batches into ``clearing_record``, TACs verified (:mod:`clearing.tacs`), spec §5
   identity (duplicates, conflicts, proof completions) decided by the database's unique indexes, set-wise;
 - :mod:`clearing.rules`: the pure rules — classification of a card's record chain, fees, balanced entries;
-- :mod:`clearing.clear`: one operator's clearing day: classify, post, settle, lower the card shadows;
+- :mod:`clearing.clear`: one card-number range of a day: classify, post, lower the card shadows; settlement;
 - :mod:`clearing.ledger`: the double-entry ledger, balanced and append-only in the database;
 - :mod:`clearing.reconcile`: the issuance feed and the reconciliation identities;
 - :mod:`clearing.runs`, :mod:`clearing.tasks`, :mod:`clearing.intake`: runs as database-held stages and tasks, on

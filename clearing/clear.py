@@ -1,17 +1,23 @@
-"""Clear one operator's clearing day (issue #6 "Verify and classify", "Ledger and settlement").
+"""Clear a run's records, one card-number range at a time (issue #6 "Verify and classify", "Ledger and settlement").
 
-:func:`clear_operator` runs in one unit of work:
+:func:`clear_shard` runs in one unit of work for the cards ``low`` ≤ card_no ≤ ``last`` (:func:`plan_shards` splits
+the day's records into ranges of about :data:`SHARD_RECORDS`): every operator's records of those cards, so a card's
+whole chain is read once, by one task, and no two tasks lock the same card.
 
-1. the operator's records to decide: new ones (dated up to the day, or impossible: after their batch was made)
-   and pending ones;
+1. the shard's records to decide: new ones (dated up to the day, or impossible: after their batch was made) and
+   pending ones;
 2. the facts around them, set-wise: devices, cards and their hotlist times, the card chains (the records near
-   them, the last one before, the counter predecessors), each PSAM's previous record, issuance's loads, the bills;
+   them, the last one before, the counter predecessors), each PSAM's previous record (noted at ingest when the
+   batch held it), issuance's loads, the bills;
 3. :func:`clearing.rules.classify` for each record (pure);
 4. settled and suspicious purchases post against the float, or against suspense when the card's balance has
    already been paid out (issuance's settlement is final); the cards' shadows go down set-wise, with issuance's
    purse movements;
-5. the verdicts, then the ledger: the day's gross into ``clearing:<op>``, then settlement into ``payable:<op>``
-   and ``fee_income`` with the fee of the whole day rounded half up once (cli.md), and the operator's statement.
+5. the verdicts, then the ledger: each operator's share of the shard into ``clearing:<op>``.
+
+Settlement is per (operator, clearing day), in the close (:func:`settle_day`): the day's gross out of
+``clearing:<op>`` into ``payable:<op>`` and ``fee_income`` with the fee of the whole day rounded half up once
+(cli.md), and the operator's statement.
 """
 
 from __future__ import annotations

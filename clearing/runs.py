@@ -4,8 +4,9 @@ A run of a clearing day goes through three stages, each a set of tasks (``cleari
 
 1. ``ingest``: one task per accepted upload not yet ingested;
 2. ``clear``: the run first takes in every ingested batch nobody took yet (``batch_ingest.claim_run_id``: the
-   records this run sees, fixed), then one task per operator (decide, post, settle: :mod:`clearing.clear`);
-3. ``close``: one task: duplicates, the issuance feed, the reconciliation; the day closes when every check holds.
+   records this run sees, fixed), then one task per card-number range (decide and post: :mod:`clearing.clear`);
+3. ``close``: one task: duplicates, settlement per operator, the issuance feed, the reconciliation; the day closes
+   when every check holds.
 
 A task is one unit of work: it locks its row, does its work, marks itself done and, when it is the last of its
 stage (decided under the run row's lock), creates the next stage's tasks and sends them after the commit. A task

@@ -1,7 +1,8 @@
 """Clearing on Celery over Redis (issue #6 "Scale and distribution"), or in-process without Redis.
 
-Tasks are coarse: one per batch (``clearing.ingest``), one per (operator, clearing day) (``clearing.clear``), one
-per day (``clearing.close``) — never one per record. Their state is in the database (:mod:`clearing.runs`), not
+Tasks are coarse: one per batch (``clearing.ingest``), one per card-number range of the day's records
+(``clearing.clear``: a card's chain whole in one task), one per day (``clearing.close``: settlement per operator,
+reconciliation) — never one per record. Their state is in the database (:mod:`clearing.runs`), not
 in chords, so any number of workers on any number of machines share one PostgreSQL. Every task is idempotent
 and acknowledged late (``task_acks_late``), a worker that dies mid-task gives its message back
 (``task_reject_on_worker_lost``) and Redis redelivers an unacknowledged message only after a visibility timeout
@@ -94,12 +95,12 @@ def _ingest(run_id: int, key: str) -> None:
 
 
 def _clear(run_id: int, key: str) -> None:
-    """A run's clearing of one operator (``key``: the operator id) for the run's day."""
+    """A run's clearing of one card-number range (``key``: :attr:`clearing.clear.Shard.key`) for the run's day."""
     execute_task(worker_env(), CeleryDispatcher(app), "clear", run_id, key)
 
 
 def _close(run_id: int, key: str) -> None:
-    """A run's close: duplicates, the issuance feed, reconciliation, closing the day."""
+    """A run's close: duplicates, settlement per operator, the issuance feed, reconciliation, closing the day."""
     execute_task(worker_env(), CeleryDispatcher(app), "close", run_id, key)
 
 

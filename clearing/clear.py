@@ -587,21 +587,29 @@ def fee_schedule(session: Session, operator_id: str, day: date) -> FeeSchedule |
     return None if view is None else FeeSchedule(view.percent, view.per_txn)
 
 
-def settle_operator_day(session: Session, day: date, operator_id: str, entry_ref: str) -> tuple[int, int, int]:
+_CLEARED_TOTALS = (
+    "SELECT operator_id, coalesce(sum(CASE WHEN posting = 'reverse' THEN -1 ELSE 1 END), 0), "
+    "coalesce(sum(CASE WHEN amount = 0 THEN 0 WHEN posting = 'reverse' THEN -1 ELSE 1 END), 0), "
+    "coalesce(sum(amount), 0) FROM clearing_verdict WHERE clearing_day = :day AND posting IS NOT NULL"
+)
+
+
+def cleared_totals(session: Session, day: date) -> dict[str, tuple[int, int, int]]:
+    """Per operator, what its verdicts posted on ``day``: (records, paid records, gross fen), reversals counted
+    back; one pass over the day's verdicts."""
+    rows = bulk.fetch_rows(session, _CLEARED_TOTALS + " GROUP BY operator_id", {"day": day})
+    return {str(op): (int(count), int(paid), int(gross)) for op, count, paid, gross in rows}
+
+
+def settle_operator_day(
+    session: Session, day: date, operator_id: str, entry_ref: str, totals: tuple[int, int, int] | None = None
+) -> tuple[int, int, int]:
     """Settle what the operator's clearing account holds for ``day``: into its payable, less the day's fee
-    (rounded half up once over the whole day, cli.md); keep the statement. Returns (gross, fee, payable)."""
-    count, paid, gross = (
-        int(value)
-        for value in session.execute(
-            text(
-                "SELECT coalesce(sum(CASE WHEN posting = 'reverse' THEN -1 ELSE 1 END), 0), "
-                "coalesce(sum(CASE WHEN amount = 0 THEN 0 WHEN posting = 'reverse' THEN -1 ELSE 1 END), 0), "
-                "coalesce(sum(amount), 0) FROM clearing_verdict "
-                "WHERE clearing_day = :day AND operator_id = :op AND posting IS NOT NULL"
-            ),
-            {"day": day, "op": operator_id},
-        ).one()
-    )
+    (rounded half up once over the whole day, cli.md); keep the statement. ``totals``: the operator's
+    :func:`cleared_totals` when the caller has them. Returns (gross, fee, payable)."""
+    if totals is None:
+        totals = cleared_totals_of(session, day, operator_id)
+    count, paid, gross = totals
     fee = day_fee(fee_schedule(session, operator_id, day), gross, paid)
     before = session.execute(
         text("SELECT amount, fee FROM clearing_statement WHERE clearing_day = :day AND operator_id = :op"),
@@ -716,24 +724,26 @@ def clear_shard(session: Session, run: RunRef, shard: Shard, policy: Policy = DE
     return result
 
 
-def operators_to_settle(session: Session, day: date) -> list[str]:
-    """Operators with amounts cleared on ``day`` (settled or not yet)."""
-    rows = bulk.fetch_rows(
-        session,
-        "SELECT DISTINCT operator_id FROM clearing_verdict WHERE clearing_day = :day AND posting IS NOT NULL "
-        "UNION SELECT operator_id FROM clearing_statement WHERE clearing_day = :day",
-        {"day": day},
-    )
-    return sorted(str(row[0]) for row in rows)
+def cleared_totals_of(session: Session, day: date, operator_id: str) -> tuple[int, int, int]:
+    """:func:`cleared_totals` of one operator."""
+    rows = bulk.fetch_rows(session, _CLEARED_TOTALS + " AND operator_id = :op", {"day": day, "op": operator_id})
+    count, paid, gross = rows[0] if rows else (0, 0, 0)
+    return int(count), int(paid), int(gross)
 
 
 def settle_day(session: Session, run: RunRef) -> dict[str, tuple[int, int, int]]:
     """Settle every operator's cleared amounts of the run's day (:func:`settle_operator_day`): (gross, fee,
     payable) by operator."""
     settled: dict[str, tuple[int, int, int]] = {}
-    for operator_id in operators_to_settle(session, run.day):
+    totals = cleared_totals(session, run.day)
+    stated = bulk.fetch_rows(
+        session, "SELECT operator_id FROM clearing_statement WHERE clearing_day = :day", {"day": run.day}
+    )
+    for operator_id in sorted(set(totals) | {str(row[0]) for row in stated}):
         entry_ref = f"{run.day.isoformat()}/settle/{operator_id}/r{run.run_no}"
-        settled[operator_id] = settle_operator_day(session, run.day, operator_id, entry_ref)
+        settled[operator_id] = settle_operator_day(
+            session, run.day, operator_id, entry_ref, totals.get(operator_id, (0, 0, 0))
+        )
     return settled
 
 

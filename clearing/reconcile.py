@@ -234,7 +234,7 @@ def _undecided(session: Session, run: RunRef, policy: Policy) -> Check:
         session,
         "SELECT count(*) FROM batch_ingest b JOIN clearing_record r "
         "ON r.id BETWEEN b.first_record_id AND b.last_record_id WHERE b.claim_run_id IS NOT NULL "
-        "AND b.claim_run_id <= :run AND r.role IN ('primary', 'conflict') "
+        "AND b.claim_run_id <= :run AND b.open_records > 0 AND r.role IN ('primary', 'conflict') "
         "AND (r.txn_date <= :day OR r.txn_epoch > b.created_epoch + :skew) "
         "AND NOT EXISTS (SELECT 1 FROM clearing_verdict v WHERE v.record_id = r.id)",
         {"run": run.run_id, "day": run.day.strftime("%Y%m%d"), "skew": policy.future_skew},

@@ -203,6 +203,12 @@ class ClearingVerdict(Base):
             sqlite_where=text("posting IN ('float', 'suspense')"),
         ),
         Index(
+            "ix_clearing_verdict_suspense",
+            "record_id",
+            postgresql_where=text("posting = 'suspense' OR posted_from = 'suspense'"),
+            sqlite_where=text("posting = 'suspense' OR posted_from = 'suspense'"),
+        ),
+        Index(
             "uq_clearing_verdict_reversed_once",
             "record_id",
             unique=True,

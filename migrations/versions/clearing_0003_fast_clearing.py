@@ -12,6 +12,8 @@ Create Date: 2026-11-22
 - ``clearing_verdict.record_id`` loses its foreign key: checking it share-locked every record row a verdict
   names (a write to every page of ``clearing_record``, once per record). Verdicts are written only by clearing,
   from the records it has just read in the same transaction, and records are never deleted (append-only).
+- ``ix_clearing_verdict_suspense``: the few verdicts that post to or reverse from suspense, so that the
+  reconciliation's open-items check reads them and not every verdict ever given.
 """
 
 from __future__ import annotations
@@ -106,10 +108,19 @@ def upgrade() -> None:
             op.execute(statement)
     else:
         _sqlite_rebuild_verdicts(with_fk=False)
+    suspense = sa.text("posting = 'suspense' OR posted_from = 'suspense'")
+    op.create_index(
+        "ix_clearing_verdict_suspense",
+        "clearing_verdict",
+        ["record_id"],
+        postgresql_where=suspense,
+        sqlite_where=suspense,
+    )
 
 
 def downgrade() -> None:
     """Back to clearing_0002."""
+    op.drop_index("ix_clearing_verdict_suspense", table_name="clearing_verdict")
     if op.get_bind().dialect.name == "postgresql":
         for statement in PG_DOWNGRADE:
             op.execute(statement)

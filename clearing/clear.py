@@ -747,7 +747,7 @@ def settle_day(session: Session, run: RunRef) -> dict[str, tuple[int, int, int]]
     return settled
 
 
-SHARD_RECORDS = 50_000
+SHARD_RECORDS = 25_000
 """Records per clearing shard aimed at: small enough to spread a day over many workers and keep each task's
 memory bounded, big enough that each task's fixed cost does not matter."""
 MAX_SHARDS = 1024

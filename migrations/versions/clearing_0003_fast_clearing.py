@@ -67,14 +67,10 @@ def _sqlite_rebuild_verdicts(with_fk: bool) -> None:
     table_sql = bind.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'clearing_verdict'"
     ).scalar_one()
-    dependents = (
-        bind.exec_driver_sql(
-            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'clearing_verdict' "
-            "AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
-        )
-        .tuples()
-        .all()
-    )
+    dependents = bind.exec_driver_sql(
+        "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'clearing_verdict' "
+        "AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+    ).all()
     if with_fk:
         new_sql = re.sub(
             r"\)\s*$",

@@ -91,8 +91,9 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 
 
 def test_a_worker_killed_mid_run_then_the_run_repeated_gives_the_undisturbed_result(
-    db_url: str, tmp_path: Path, redis_server: Redis, request: pytest.FixtureRequest
+    db_url: str, tmp_path: Path, redis_server: Redis, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ONECARD_CLEARING_SHARD_RECORDS", "4")  # the clear stage in several card ranges (tasks)
     if db_url.startswith("sqlite"):
         calm_url = f"sqlite:///{tmp_path / 'calm.db'}"
     else:
@@ -117,7 +118,7 @@ def test_a_worker_killed_mid_run_then_the_run_repeated_gives_the_undisturbed_res
         with stormy.engine.connect() as blocker, worker(stormy, redis_server.url, log) as first:
             blocking = blocker.begin()
             postgres = not stormy.url.startswith("sqlite")
-            if postgres:  # hold a card of bus B: the worker's clearing of bus B waits for it, mid-transaction
+            if postgres:  # hold a card: the worker's clearing of its card range waits for it, mid-transaction
                 blocker.execute(text("SELECT id FROM cards WHERE card_no = '0310000000000004' FOR UPDATE"))
             abandoned = threading.Thread(target=lambda: _run_quietly(settings), daemon=True)
             abandoned.start()
@@ -142,6 +143,9 @@ def test_a_worker_killed_mid_run_then_the_run_repeated_gives_the_undisturbed_res
             time.sleep(4)  # the killed task's message comes back after the visibility timeout: it changes nothing
             _wait(lambda: not broker.hlen("unacked"), 30, "the redelivered task to be acknowledged")
         assert run_state(stormy.env, state.run_id).stage == "done"
+        with stormy.uow() as uow:
+            shards = uow.session.execute(text("SELECT count(*) FROM clearing_task WHERE stage = 'clear'")).scalar_one()
+        assert shards >= 3
         assert outcome(stormy) == expected
     finally:
         calm.dispose()

@@ -73,7 +73,14 @@ def test_the_integer_forms_equal_the_vectors_and_refuse_what_no_card_wrote(suite
     h = bytes.fromhex
     calc = crypto.TacCalculator(alg, h(v["diversified_keys"]["DTK"]["key"]))
     i = v["purchase"]["inputs"]
-    args = (int(i["amount"], 16), int(i["type"], 16), h(i["term_id"]), int(i["term_seq"], 16), h(i["date"]), h(i["time"]))
+    args = (
+        int(i["amount"], 16),
+        int(i["type"], 16),
+        h(i["term_id"]),
+        int(i["term_seq"], 16),
+        h(i["date"]),
+        h(i["time"]),
+    )
     assert calc.purchase_value(*args) == int(v["purchase"]["tac"], 16)
     load = v["load"]
     i = load["inputs"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import defaultdict
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from support import vector_keys
@@ -81,3 +81,27 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
         return h.hexdigest()
 
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_spilling_taps_to_disk_changes_nothing(tmp_path: Path) -> None:
+    """Bounded memory: taps spilled to per-device files every few hundred give the very same files."""
+    keys = vector_keys(crypto.Alg.DES)
+
+    def files(out: Path, spill: int) -> dict[str, bytes]:
+        generate(CityPlan(records=3_000, day=DAY, seed=2, batch_size=500, spill_records=spill), out, keys)
+        return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+    held = files(tmp_path / "held", 1_000_000)
+    spilled = files(tmp_path / "spilled", 333)
+    assert held == spilled
+    assert not any(name.startswith(".spill") for name in spilled)
+
+
+def test_batches_are_made_after_their_last_record(tmp_path: Path) -> None:
+    """A batch made before some of its records would put them outside clearing's time window."""
+    generate(CityPlan(records=3_000, day=DAY, seed=8), tmp_path, vector_keys(crypto.Alg.DES))
+    for path in tmp_path.glob("*-20250301-*.csv"):
+        batch = parse_batch(path.read_bytes())
+        made = datetime.fromisoformat(batch.header.created_at)
+        last = max(datetime.strptime(r.txn_date + r.txn_time, "%Y%m%d%H%M%S") for r in batch.records)
+        assert made.replace(tzinfo=None) > last

@@ -38,6 +38,7 @@ from clearing.registry import fee_schedule_on
 from clearing.rules import (
     DEFAULT_POLICY,
     FLOAT,
+    NEW_CARD,
     PURCHASE_TYPES,
     SUSPENSE,
     Candidate,
@@ -50,6 +51,7 @@ from clearing.rules import (
     FeeSchedule,
     Klass,
     LoadMatch,
+    Opening,
     Policy,
     classify,
     clearing_account,
@@ -184,11 +186,15 @@ def _devices(session: Session) -> dict[str, DeviceFact]:
 
 def _cards(session: Session) -> dict[str, CardFact]:
     rows = session.execute(
-        select(Card.card_no, Card.hotlisted_at).where(Card.card_no.in_(select(_TMP_CARDS.c.card_no)))
+        select(
+            Card.card_no, Card.hotlisted_at, Card.opening_balance, Card.opening_online_seq, Card.opening_offline_seq
+        ).where(Card.card_no.in_(select(_TMP_CARDS.c.card_no)))
     )
-    return {
-        card_no: CardFact(int(hotlisted.timestamp()) if hotlisted is not None else None) for card_no, hotlisted in rows
-    }
+    facts: dict[str, CardFact] = {}
+    for card_no, hotlisted, balance, online_seq, offline_seq in rows:
+        opening = NEW_CARD if not (balance or online_seq or offline_seq) else Opening(balance, online_seq, offline_seq)
+        facts[card_no] = CardFact(int(hotlisted.timestamp()) if hotlisted is not None else None, opening)
+    return facts
 
 
 CHAIN_COLUMNS = (
@@ -236,11 +242,15 @@ def _load_context(session: Session) -> None:
     bulk.analyze(session, "clearing_tmp_context")
 
 
+_OPENING_SEQ = "CASE WHEN w.family = 0 THEN k.opening_online_seq ELSE k.opening_offline_seq END"
+
+
 def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
     """The records whose chain is plainly whole, checked set-wise by the database (window functions): the card's
     previous transaction in time is a confirmed one whose balance after is this one's balance before (or this is the
-    card's first transaction, from 0), the counter's previous value is there, and no unconfirmed record of the card
-    is in view. The others are checked one card at a time by :class:`clearing.rules.CardChain`."""
+    card's first transaction, from its opening balance), the counter's previous value is there (or this is the
+    family's first value, the card's opening counter), and no unconfirmed record of the card is in view. The others
+    are checked one card at a time by :class:`clearing.rules.CardChain`."""
     bulk.temp_table(session, "clearing_tmp_todo", "id bigint")
     bulk.insert_rows(
         session, "clearing_tmp_todo", ("id",), [(t.record_id,) for t in todos if t.status != "unconfirmed"]
@@ -256,16 +266,20 @@ def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
         "LAG(c.card_seq) OVER (PARTITION BY c.card_no, c.family ORDER BY c.card_seq, c.id) AS previous_seq, "
         "SUM(CASE WHEN c.status = 'unconfirmed' THEN 1 ELSE 0 END) OVER (PARTITION BY c.card_no) AS tentative "
         "FROM clearing_tmp_context c) w JOIN clearing_tmp_todo d ON d.id = w.id "
-        "JOIN clearing_tmp_cards t ON t.card_no = w.card_no WHERE w.tentative = 0 AND ("
+        "JOIN clearing_tmp_cards t ON t.card_no = w.card_no JOIN cards k ON k.card_no = w.card_no "
+        "WHERE w.tentative = 0 AND ("
         "(w.previous_status IS NOT NULL AND w.previous_after = w.balance_before "
-        "AND (w.card_seq = 0 OR w.previous_seq = w.card_seq - 1)) "
-        "OR (w.previous_status IS NULL AND t.anchor IS NULL AND w.card_seq = 0 AND w.balance_before = 0))",
+        f"AND (w.previous_seq = w.card_seq - 1 OR (w.previous_seq IS NULL AND w.card_seq = {_OPENING_SEQ}))) "
+        f"OR (w.previous_status IS NULL AND t.anchor IS NULL AND w.card_seq = {_OPENING_SEQ} "
+        "AND w.balance_before = k.opening_balance))",
     )
     bulk.drop_temp_table(session, "clearing_tmp_todo")
     return {int(row[0]) for row in rows}
 
 
-def _chains(session: Session, todos: Sequence[_Todo], cards: set[str]) -> dict[str, CardChain]:
+def _chains(
+    session: Session, todos: Sequence[_Todo], cards: set[str], facts: dict[str, CardFact]
+) -> dict[str, CardChain]:
     """The chains of ``cards`` (records from their window, the last one before it, counter predecessors)."""
     if not cards:
         return {}
@@ -286,7 +300,18 @@ def _chains(session: Session, todos: Sequence[_Todo], cards: set[str]) -> dict[s
     } - keys
     for row in _rows_by_key(session, CHAIN_COLUMNS, sorted(missing)):
         records[row[7]].append(make(row[:7]))
-    return {card_no: CardChain(records.get(card_no, []), complete_history=card_no not in anchored) for card_no in cards}
+    return {
+        card_no: CardChain(
+            records.get(card_no, []),
+            complete_history=card_no not in anchored,
+            opening=_opening(facts.get(card_no)),
+        )
+        for card_no in cards
+    }
+
+
+def _opening(fact: CardFact | None) -> Opening:
+    return fact.opening if fact is not None and fact.opening is not None else NEW_CARD
 
 
 def _context_of(session: Session, cards: set[str]) -> list[tuple[Any, ...]]:
@@ -464,7 +489,7 @@ def decide(session: Session, run: RunRef, todos: Sequence[_Todo], policy: Policy
     _anchor_cards(session)
     _load_context(session)
     plain = _plain_chains(session, todos)
-    chains = _chains(session, todos, {todo.card_no for todo in todos if todo.record_id not in plain})
+    chains = _chains(session, todos, {todo.card_no for todo in todos if todo.record_id not in plain}, cards)
     whole = CardChain([])
     previous = _previous_term_seqs(session, todos)
     loads = _load_matches(session, todos)

@@ -136,14 +136,34 @@ class ChainRecord(NamedTuple):
         return (self.txn_epoch, self.family, self.card_seq, self.record_id)
 
 
+class Opening(NamedTuple):
+    """A card's purse before the first transaction clearing may see: empty with both counters at 0 for a card issued
+    here; the state at take-over for a card that came from an earlier system."""
+
+    balance: int = 0
+    online_seq: int = 0
+    offline_seq: int = 0
+
+    def seq(self, family: int) -> int:
+        """The counter value of the family's first transaction."""
+        return self.online_seq if family == Family.ONLINE else self.offline_seq
+
+
+NEW_CARD = Opening()
+
+
 class CardChain:
     """One card's records known to clearing near the records being classified (loads included)."""
 
-    __slots__ = ("_by_key", "_confirmed_keys", "_sorted", "complete_history")
+    __slots__ = ("_by_key", "_confirmed_keys", "_sorted", "complete_history", "opening")
 
-    def __init__(self, records: Iterable[ChainRecord], complete_history: bool = False) -> None:
+    def __init__(
+        self, records: Iterable[ChainRecord], complete_history: bool = False, opening: Opening = NEW_CARD
+    ) -> None:
         self.complete_history = complete_history
         """True when no record of the card exists before the earliest one here (its first transactions)."""
+        self.opening = opening
+        """Where the card's chain starts (its first transaction of each family, its balance before the first)."""
         unique = list({record.record_id: record for record in records}.values())
         unique.sort()
         self._sorted = unique
@@ -213,7 +233,7 @@ class CardChain:
             else:
                 allowed.add(candidate.balance_after)
         if self.complete_history and (previous is None or not self.has(record.family, record.card_seq - 1)):
-            allowed.add(0)  # possibly the card's first transaction
+            allowed.add(self.opening.balance)  # possibly the card's first transaction
         return record.balance_before in allowed
 
 
@@ -235,6 +255,8 @@ class CardFact:
     """What issuance knows of the card."""
 
     hotlisted_since: int | None
+    opening: Opening | None = None
+    """Where the card's chain starts when clearing holds no earlier record of it (``None``: empty, counters 0)."""
 
 
 class LoadMatch(StrEnum):
@@ -379,8 +401,9 @@ def _device_refusal(candidate: Candidate) -> Code | None:
 
 def _chain_suspicion(candidate: Candidate, record: ChainRecord | None, chain: CardChain, skew: int) -> Code | None:
     if record is not None and not candidate.chain_verified:
-        if record.card_seq > 0 and not chain.has(record.family, record.card_seq - 1):
-            return Code.COUNTER_GAP
+        first = chain.opening.seq(record.family)
+        if record.card_seq != first and not chain.has(record.family, record.card_seq - 1):
+            return Code.COUNTER_GAP  # neither the family's first value nor the next after a known one
         if not chain.balance_fits(record, skew):
             return Code.BALANCE_CHAIN
     if candidate.device_seq > 1:

@@ -315,7 +315,7 @@ def _execute(env: ClearingEnv, dispatcher: Dispatcher, stage: str, run_id: int, 
             clear_shard(session, ref, Shard.parse(key), env.policy)
         elif stage == CLOSE:
             closed = close_day(session, ref, env.policy, now)
-        task.status, task.attempts, task.finished_at, task.error = "done", task.attempts + 1, now, None
+        task.status, task.attempts, task.finished_at, task.error = "done", task.attempts + 1, env.clock(), None
         session.flush()
         run = _lock(session, select(ClearingRun).where(ClearingRun.id == run_id))
         assert run is not None

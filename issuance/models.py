@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -141,6 +142,13 @@ class Card(Base):
     shadow_online_seq: Mapped[int] = mapped_column(default=0)
     shadow_offline_seq: Mapped[int] = mapped_column(default=0)
     shadow_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    opening_balance: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    """The purse as this back office first knew it (a card taken over from an earlier system): the balance before
+    its first transaction clearing sees. 0 for cards issued here."""
+    opening_online_seq: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    opening_offline_seq: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    """The counter values of the card's first load and first purchase clearing may see (spec §5 counter
+    families); 0 for cards issued here."""
     hotlisted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     replaced_by_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -398,13 +398,15 @@ def _workers(
                 process.kill()
 
 
-def _timed_run(url: str, redis_url: str, keystore_path: str) -> tuple[float, dict[str, Any]]:
+def _timed_run(
+    url: str, redis_url: str, keystore_path: str, *, day: date = DAY, timeout: float = 3600
+) -> tuple[float, dict[str, Any]]:
     from backoffice.settings import Settings
     from clearing.tasks import run_day
 
     settings = Settings(database_url=url, redis_url=redis_url, keystore=keystore_path)
     started = time.perf_counter()
-    state = run_day(settings, DAY, timeout=3600, poll=0.1)
+    state = run_day(settings, day, timeout=timeout, poll=0.1)
     elapsed = time.perf_counter() - started
     if state.stage != "done":
         raise RuntimeError(f"the run did not close the day: {state.result}")

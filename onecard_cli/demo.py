@@ -1,4 +1,5 @@
-"""``onecard demo``: a simulated city day on the embedded default (SQLite, no Redis, in-process readers).
+"""``onecard demo``: a simulated city day on the embedded default (SQLite, no Redis, in-process readers unless
+``--pcsc``).
 
 The day, all of it seeded (``--seed``) and timed by a simulated clock on ``--date`` (never the wall clock):
 
@@ -20,11 +21,21 @@ The day, all of it seeded (``--seed``) and timed by a simulated clock on ``--dat
    JSON, CSV, XLSX and PDF under ``reports/<date>/`` (and ``reports/<date+1>/``), the uploaded batches' exact
    bytes under ``reports/<date>/batches/``; rich tables of the outcome.
 
-Two runs with the same arguments write byte-identical report files.
+Every card meets a terminal through one :class:`CardReaders` (the counter's issuing and loads, the validators'
+taps, the kiosks' payments, the tear and its recovery): :class:`InProcessReaders` by default, or with ``--pcsc``
+:class:`PcscReaders`, which put each card into vpcd slot 0 (``Virtual PCD 00 00``, pcscd with the vsmartcard vpcd
+driver) while it is presented and take it out afterwards; the terminals reach it through
+:class:`terminal.channel.PcscChannel`. The validators' and kiosks' PSAMs are personalised through the same readers
+(vpcd slot 1, ``Virtual PCD 00 01``, with ``--pcsc``), then stay in-process: six PSAMs sharing one slot would need a
+PSAM swap, two more reader polls, on almost every tap.
+
+Two runs with the same arguments write byte-identical report files, with or without ``--pcsc``.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -70,13 +81,16 @@ from issuance.lifecycle import CardType, InsuredScheme
 from issuance.loadhost import load_records
 from issuance.pii import PersonalDataVault
 from onecard_cli.errors import CliError
+from simulators.pcscd import READER_CONF_DIR, PcscdError, ensure_pcscd, find_pcscd, find_vpcd_config, vpcd_lock
+from simulators.vpcd import VpcdSlot
 from terminal.cards import PsamCard
-from terminal.channel import InProcessChannel
+from terminal.channel import Channel, InProcessChannel, PcscChannel
 from terminal.clock import ClockGuard
+from terminal.errors import TerminalError, WaitTimeout
 from terminal.fares import FareTable
-from terminal.field import InProcessField
 from terminal.kiosk import Kiosk, KioskConfig, KioskRefused
 from terminal.personalise import personalise
+from terminal.reader import wait_for_card, wait_for_removal
 from terminal.store import DeviceStore, HotlistEntry
 from terminal.uplink import DeviceClient, HttpxTransport
 from terminal.validator import TapOutcome, TapStatus, Validator, ValidatorConfig
@@ -171,15 +185,177 @@ class DemoClock:
         return self.now.astimezone(UTC)
 
 
+class CardReaders:
+    """Where the demo's cards meet the terminals: the one place that opens a channel to a card.
+
+    :meth:`open` brings a card (or, with ``psam``, a PSAM being personalised) into a reader's field and returns a
+    channel to it; :meth:`release` ends the channel and takes the card out of the field. :class:`InProcessReaders`
+    drives the card objects directly, :class:`PcscReaders` through pcscd and the vpcd readers.
+    """
+
+    description = ""
+    """How the cards are read, for the demo's header line."""
+    recovery_timeout = 0.05
+    """How long a terminal waits for a torn card to be presented again (it always is, at once)."""
+
+    def open(self, chip: Card, *, psam: bool = False) -> Channel:
+        """Bring ``chip`` into the field and return a channel to it."""
+        raise NotImplementedError
+
+    def release(self, channel: Channel) -> None:
+        """Close ``channel`` (the card is powered off) and take its card out of the field (idempotent)."""
+        channel.close()
+
+    @contextmanager
+    def present(self, chip: Card, *, psam: bool = False) -> Iterator[Channel]:
+        """The card in the field for the ``with`` block, released afterwards."""
+        channel = self.open(chip, psam=psam)
+        try:
+            yield channel
+        finally:
+            self.release(channel)
+
+    def close(self) -> None:
+        """Take every card out and give back what the readers hold."""
+
+
+class InProcessReaders(CardReaders):
+    """The embedded default: every card is driven in-process through :class:`terminal.channel.InProcessChannel`."""
+
+    description = "in-process readers"
+
+    def open(self, chip: Card, *, psam: bool = False) -> Channel:
+        """A powered-on in-process channel to ``chip``."""
+        return InProcessChannel(chip)
+
+
+PCSC_WAIT = 10.0
+"""Seconds to wait for pcscd to see a card arrive in (or leave) a vpcd reader."""
+VPCD_LOCK_WAIT = 30.0
+"""Seconds to wait for another process holding the machine-wide vpcd lock."""
+
+
+class PcscReaders(CardReaders):
+    """Cards in real PC/SC readers: pcscd with the vsmartcard vpcd driver.
+
+    A card goes into vpcd slot 0 (``Virtual PCD 00 00``) through :class:`simulators.vpcd.VpcdSlot` when it is
+    presented, the terminal waits for pcscd to see it (:func:`terminal.reader.wait_for_card`) and talks to it
+    through :class:`terminal.channel.PcscChannel`; released, the card is powered off and taken out of the slot, and
+    the next card goes in once pcscd has seen the slot empty. PSAMs being personalised use slot 1
+    (``Virtual PCD 00 01``). Use :meth:`start`.
+    """
+
+    recovery_timeout = PCSC_WAIT
+
+    def __init__(self, card_slot: VpcdSlot, psam_slot: VpcdSlot) -> None:
+        self.card_slot = card_slot
+        self.psam_slot = psam_slot
+        self.description = (
+            f"cards in the PC/SC reader {card_slot.reader_name} (pcscd + vpcd); PSAMs personalised in "
+            f"{psam_slot.reader_name}, then used in-process"
+        )
+
+    @classmethod
+    @contextmanager
+    def start(cls, *, lock: bool = True) -> Iterator[PcscReaders]:
+        """pcscd with the vpcd readers (started when none runs, stopped afterwards) and both slots, empty.
+
+        ``lock``: hold the machine-wide vpcd lock meanwhile (False when the caller already holds it, as the test
+        session's ``pcscd`` fixture does). Raises :class:`onecard_cli.errors.CliError`, one line naming what is
+        missing, when pcscd, the vpcd driver or pyscard is not there.
+        """
+        missing = [
+            f"{what} (Debian package {package})"
+            for what, package, found in (
+                ("pcscd", "pcscd", find_pcscd() is not None),
+                (f"the vpcd driver in {READER_CONF_DIR}", "vsmartcard-vpcd", find_vpcd_config() is not None),
+            )
+            if not found
+        ]
+        if missing:
+            raise CliError(f"--pcsc needs pcscd with the vpcd readers; missing: {', '.join(missing)}")
+        try:
+            import smartcard.scard  # noqa: F401  (pyscard, and the libpcsclite it loads)
+        except ImportError as exc:
+            raise CliError(f"--pcsc needs pyscard and libpcsclite (Debian package libpcsclite1): {exc}") from exc
+        with contextlib.ExitStack() as stack:
+            try:
+                if lock:
+                    stack.enter_context(vpcd_lock(VPCD_LOCK_WAIT))
+                handle = ensure_pcscd()
+            except PcscdError as exc:
+                raise CliError(f"--pcsc: {exc}") from exc
+            stack.callback(handle.stop)  # after the slots are empty, before the lock is released
+            readers = cls(VpcdSlot(0, connect_timeout=PCSC_WAIT), VpcdSlot(1, connect_timeout=PCSC_WAIT))
+            stack.callback(readers.close)
+            for slot in (readers.card_slot, readers.psam_slot):
+                try:
+                    wait_for_removal(slot.reader_name, PCSC_WAIT)
+                except WaitTimeout as exc:
+                    raise CliError(f"--pcsc: {exc} (another program is using the vpcd slot)") from exc
+            yield readers
+
+    def _slot(self, psam: bool) -> VpcdSlot:
+        return self.psam_slot if psam else self.card_slot
+
+    def open(self, chip: Card, *, psam: bool = False) -> Channel:
+        """Put ``chip`` into its vpcd slot once pcscd has seen the slot empty; a PC/SC channel to it."""
+        slot = self._slot(psam)
+        slot.remove()  # a card a terminal gave up on
+        wait_for_removal(slot.reader_name, PCSC_WAIT)
+        slot.insert(chip)
+        try:
+            return wait_for_card(slot.reader_name, PCSC_WAIT)
+        except BaseException:
+            slot.remove()
+            raise
+
+    def release(self, channel: Channel) -> None:
+        """Power the card off, then take it out of its slot (pcscd notices at its next poll)."""
+        channel.close()
+        if isinstance(channel, PcscChannel):
+            self._slot(channel.reader == self.psam_slot.reader_name).remove()
+
+    def close(self) -> None:
+        """Take the cards out and wait until pcscd has seen both slots empty."""
+        for slot in (self.card_slot, self.psam_slot):
+            slot.close()
+            with contextlib.suppress(TerminalError):
+                wait_for_removal(slot.reader_name, PCSC_WAIT)
+
+
+class DemoField:
+    """A terminal's :class:`terminal.purse.CardSource`: cards presented (again) to it through the demo's readers,
+    e.g. a torn card for the terminal's recovery; none presented, :class:`WaitTimeout` at once."""
+
+    def __init__(self, readers: CardReaders) -> None:
+        self.readers = readers
+        self._queue: collections.deque[Card] = collections.deque()
+
+    def present(self, chip: Card) -> None:
+        """Queue a card to enter the field when the terminal next waits for one."""
+        self._queue.append(chip)
+
+    def wait_for_card(self, timeout: float) -> Channel:
+        """The next queued card in the field (the readers' own wait applies: it has been presented)."""
+        if not self._queue:
+            raise WaitTimeout("no card presented")
+        return self.readers.open(self._queue.popleft())
+
+    def wait_for_removal(self, channel: Channel, timeout: float) -> None:
+        """The card leaves the field."""
+        self.readers.release(channel)
+
+
 @dataclass
 class Terminal:
     """A validator or kiosk of the demo with its store."""
 
     spec: DeviceSpec
     store: DeviceStore
+    card_field: DemoField
     validator: Validator | None = None
     kiosk: Kiosk | None = None
-    card_field: InProcessField = field(default_factory=InProcessField)
 
 
 @dataclass
@@ -240,10 +416,11 @@ def id_number(rnd: random.Random, index: int) -> str:
     return first17 + check_character(first17)
 
 
-def issue_psam(keys: IssuerKeys, term_id: str, serial: bytes) -> PsamCard:
-    """A factory chip personalised in-process into the device's PSAM, opened."""
+def issue_psam(keys: IssuerKeys, term_id: str, serial: bytes, readers: CardReaders) -> PsamCard:
+    """A factory chip personalised through ``readers`` into the device's PSAM, opened in-process (the device keeps
+    its PSAM: see :class:`CardReaders`)."""
     chip = Card.factory(CardKind.PSAM, keys.alg, keys.keys["KT"], serial)
-    with InProcessChannel(chip) as channel:
+    with readers.present(chip, psam=True) as channel:
         personalise(channel, keys.alg, keys.keys["KT"], perso.psam_script_from_keys(keys, term_id))
     psam = PsamCard(InProcessChannel(chip))
     psam.open()
@@ -253,8 +430,9 @@ def issue_psam(keys: IssuerKeys, term_id: str, serial: bytes) -> PsamCard:
 class DemoCity:
     """One demo day on its own database."""
 
-    def __init__(self, root: Path, day: date, seed: int, console: Console) -> None:
+    def __init__(self, root: Path, day: date, seed: int, console: Console, readers: CardReaders) -> None:
         self.root = root
+        self.readers = readers
         self.day = day
         self.seed = seed
         self.console = console
@@ -317,9 +495,9 @@ class DemoCity:
                 continue
             store = DeviceStore(self.root / "devices" / f"{spec.device_id}.db")
             guard = ClockGuard(self.clock, tz=CST, monotonic=self.clock.monotonic)
-            psam = issue_psam(self.keys, spec.term_id, self.rnd.randbytes(8))
-            card_field = InProcessField()
-            terminal = Terminal(spec, store, card_field=card_field)
+            psam = issue_psam(self.keys, spec.term_id, self.rnd.randbytes(8), self.readers)
+            card_field = DemoField(self.readers)
+            terminal = Terminal(spec, store, card_field)
             if spec.kind == "validator":
                 config = ValidatorConfig(
                     device_id=spec.device_id, operator_id=spec.operator_id, line_id=spec.line_id,
@@ -328,8 +506,8 @@ class DemoCity:
                 )  # fmt: skip
                 table = FareTable.from_json(FARES[spec.operator_id])
                 terminal.validator = Validator(
-                    config, table, store, psam, guard, card_source=card_field, recovery_timeout=0.05,
-                    display=lambda _line: None,
+                    config, table, store, psam, guard, card_source=card_field,
+                    recovery_timeout=self.readers.recovery_timeout, display=lambda _line: None,
                 )  # fmt: skip
             else:
                 client = DeviceClient(
@@ -340,7 +518,7 @@ class DemoCity:
                 )
                 terminal.kiosk = Kiosk(
                     KioskConfig(spec.device_id, spec.operator_id, issuers), client, store, psam, guard,
-                    card_source=card_field, recovery_timeout=0.05,
+                    card_source=card_field, recovery_timeout=self.readers.recovery_timeout,
                 )  # fmt: skip
             self.terminals[spec.device_id] = terminal
 
@@ -378,15 +556,7 @@ class DemoCity:
                 uow, self.clerk, card_type=card_type, city_code=CITY, resident_id=resident_id, clock=self.clock.tick
             )
         card_no = str(view.card_no)
-        chip = Card.factory(
-            CardKind.USER, self.keys.alg, self.keys.keys["KT"], self.rnd.randbytes(8), rng=self.rnd.randbytes
-        )
-        with self.uow() as uow, InProcessChannel(chip) as channel:
-            services.issue_card(
-                uow, self.clerk, self.keystore, self.vault, self.issuer, channel, card_no=card_no, pin="123456",
-                clock=self.clock.tick,
-            )  # fmt: skip
-        self.chips[card_no] = chip
+        self.issue_chip(card_no)
         self.card_types[card_no] = card_type
         self.summary.card_types[str(card_type)] += 1
         if resident_id is None:
@@ -396,11 +566,23 @@ class DemoCity:
         self.load(card_no, self.rnd.choice([5_000, 10_000, 20_000]))
         return card_no
 
+    def issue_chip(self, card_no: str) -> None:
+        """Issue (personalise) the applied-for card ``card_no`` on a fresh factory chip, presented at the counter."""
+        chip = Card.factory(
+            CardKind.USER, self.keys.alg, self.keys.keys["KT"], self.rnd.randbytes(8), rng=self.rnd.randbytes
+        )
+        with self.uow() as uow, self.readers.present(chip) as channel:
+            services.issue_card(
+                uow, self.clerk, self.keystore, self.vault, self.issuer, channel, card_no=card_no, pin="123456",
+                clock=self.clock.tick,
+            )  # fmt: skip
+        self.chips[card_no] = chip
+
     def load(self, card_no: str, amount: int) -> None:
         """A counter load (the back office is the load host)."""
         self.summary.loads += 1
         self.summary.loaded += amount
-        with InProcessChannel(self.chips[card_no]) as channel:
+        with self.readers.present(self.chips[card_no]) as channel:
             services.load_card(
                 self.uow, self.clerk, self.keystore, channel, amount=amount,
                 request_id=f"load-{card_no}-{self.summary.loads}", term_id="031000009001", clock=self.clock.tick,
@@ -417,7 +599,10 @@ class DemoCity:
             chip.memory.arm_tear(3)
             terminal.card_field.present(chip)
         try:
-            outcome = terminal.validator.tap(InProcessChannel(chip))
+            with self.readers.present(chip) as channel:
+                outcome = terminal.validator.tap(channel)
+                if outcome.channel is not None and outcome.channel is not channel:
+                    self.readers.release(outcome.channel)  # the torn card, presented again
         finally:
             chip.memory.arm_tear(None)
         if tear:
@@ -505,7 +690,8 @@ class DemoCity:
             card_no = cards[index % len(cards)]
             found = terminal.kiosk.find_bills(utility, account)
             try:
-                receipt = terminal.kiosk.pay(InProcessChannel(self.chips[card_no]), found[0], found[0].amount_due)
+                with self.readers.present(self.chips[card_no]) as channel:
+                    receipt = terminal.kiosk.pay(channel, found[0], found[0].amount_due)
             except KioskRefused as exc:
                 self.summary.taps[f"kiosk refused: {exc.code}"] += 1
                 continue
@@ -632,11 +818,36 @@ def _yuan(fen: int) -> str:
     return f"{fen / 100:,.2f}"
 
 
-def run_demo(*, cards: int, riders: int, date: str | None, seed: int, console: Console | None = None) -> bool:
+def run_demo(
+    *,
+    cards: int,
+    riders: int,
+    date: str | None,
+    seed: int,
+    console: Console | None = None,
+    pcsc: bool = False,
+    lock: bool = True,
+) -> bool:
     """Run the demo day and print the summary; True when every reconciliation check holds (else
-    :class:`onecard_cli.errors.CliError`)."""
+    :class:`onecard_cli.errors.CliError`).
+
+    ``pcsc``: the cards go through pcscd and the vpcd readers (:class:`PcscReaders`) instead of in-process;
+    ``lock`` (with ``pcsc``): take the machine-wide vpcd lock meanwhile (False when the caller holds it).
+    """
     console = console or Console()
     started = wall_time.monotonic()
+    if pcsc:
+        with PcscReaders.start(lock=lock) as readers:
+            ok = _run_day(readers, cards=cards, riders=riders, date=date, seed=seed, console=console)
+    else:
+        ok = _run_day(InProcessReaders(), cards=cards, riders=riders, date=date, seed=seed, console=console)
+    console.print(f"demo finished in {wall_time.monotonic() - started:.1f} s")
+    if not ok:
+        raise CliError("the demo day's clearing or reconciliation failed (see the tables above)")
+    return ok
+
+
+def _run_day(readers: CardReaders, *, cards: int, riders: int, date: str | None, seed: int, console: Console) -> bool:
     day = datetime.strptime(date, "%Y-%m-%d").date() if date else datetime.now(CST).date()
     next_day = day + timedelta(days=1)
     root = Path("demo") / day.isoformat()
@@ -647,8 +858,8 @@ def run_demo(*, cards: int, riders: int, date: str | None, seed: int, console: C
         if stale.exists():
             shutil.rmtree(stale)
     console.print(f"[bold]One-card demo[/bold] — {day.isoformat()}, {cards} cards, {riders} taps, seed {seed}")
-    console.print(f"embedded default: SQLite {root / 'onecard.db'}, no Redis, in-process readers")
-    city = DemoCity(root, day, seed, console)
+    console.print(f"embedded default: SQLite {root / 'onecard.db'}, no Redis, {readers.description}")
+    city = DemoCity(root, day, seed, console, readers)
     try:
         city.register()
         cards = max(cards, 4)
@@ -672,15 +883,7 @@ def run_demo(*, cards: int, riders: int, date: str | None, seed: int, console: C
             with city.uow() as uow:
                 replacement = services.replace_card(uow, city.clerk, old_card_no=lost, clock=city.clock.tick)
             new_no = str(replacement.new_card.card_no)
-            chip = Card.factory(
-                CardKind.USER, city.keys.alg, city.keys.keys["KT"], city.rnd.randbytes(8), rng=city.rnd.randbytes
-            )
-            with city.uow() as uow, InProcessChannel(chip) as channel:
-                services.issue_card(
-                    uow, city.clerk, city.keystore, city.vault, city.issuer, channel, card_no=new_no, pin="123456",
-                    clock=city.clock.tick,
-                )  # fmt: skip
-            city.chips[new_no] = chip
+            city.issue_chip(new_no)
             city.card_types[new_no] = city.card_types[lost]
             city.load(new_no, 5_000)  # a top-up while the old balance waits to be transferred
             city.summary.lost_card, city.summary.replacement = lost, new_no
@@ -720,9 +923,6 @@ def run_demo(*, cards: int, riders: int, date: str | None, seed: int, console: C
         ok = _print_summary(console, city, state, next_state, report, next_report, written, login, root)
     finally:
         city.close()
-    console.print(f"demo finished in {wall_time.monotonic() - started:.1f} s")
-    if not ok:
-        raise CliError("the demo day's clearing or reconciliation failed (see the tables above)")
     return ok
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,11 +43,23 @@ def demo(
     riders: Annotated[int, typer.Option("--riders", min=0, help="bus taps")] = 200,
     date: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 1,
+    pcsc: Annotated[
+        bool,
+        typer.Option(
+            "--pcsc",
+            help="real PC/SC: every card the day issues, loads, taps on a validator or pays with at a kiosk (the "
+            "tear too) goes into vpcd reader 'Virtual PCD 00 00' under pcscd (started if none runs; machine-wide "
+            "vpcd lock held) and is taken out afterwards; the PSAMs are personalised in 'Virtual PCD 00 01', then "
+            "stay in-process (a PSAM swap on almost every tap would double the day). Same reports as without it, "
+            "slower: about 0.8 s per card presented, two pcscd presence polls (the default day takes minutes). "
+            "Needs the Debian packages pcscd and vsmartcard-vpcd.",
+        ),
+    ] = False,
 ) -> None:
-    """The main job: a simulated city day on the embedded default."""
+    """The main job: a simulated city day on the embedded default (in-process readers unless --pcsc)."""
     from onecard_cli.demo import run_demo
 
-    run_demo(cards=cards, riders=riders, date=date, seed=seed)
+    run_demo(cards=cards, riders=riders, date=date, seed=seed, pcsc=pcsc)
 
 
 @bench_app.command("tap")
@@ -74,11 +87,53 @@ def bench_tap(
 def bench_clearing(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     records: Annotated[int, typer.Option("--records", min=1)] = 1_000_000,
+    workers: Annotated[str, typer.Option("--workers", help="worker counts to run, comma-separated")] = "1,2",
 ) -> None:
     """Ingest, verify, classify, post and settle N generated records on PostgreSQL, against raw COPY of them."""
     from onecard_cli.bench_clearing import bench_clearing as run
 
-    doc = run(records, progress=stderr)
+    try:
+        counts = tuple(sorted({int(part) for part in workers.split(",") if part.strip()}))
+    except ValueError as exc:
+        raise CliError(f"--workers must be numbers separated by commas: {workers}") from exc
+    if not counts or min(counts) < 1:
+        raise CliError(f"--workers must be numbers separated by commas: {workers}")
+    doc = run(records, counts, progress=stderr)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            typer.echo(f"{key:28} {value}")
+
+
+@bench_app.command("city-day")
+@guarded
+def bench_city_day(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    records: Annotated[int, typer.Option("--records", min=1)] = 1_000_000,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    keep: Annotated[Path | None, typer.Option("--keep", help="keep the generated files under this directory")] = None,
+    date: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD (default 2025-03-03)")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="a day `onecard sim city-day` wrote earlier (its --date must be given too)"),
+    ] = None,
+) -> None:
+    """A generated city day of N records through issuance seeding, the inbox and clearing on Celery workers on
+    PostgreSQL: time, records/s, peak memory, against raw COPY of the same rows."""
+    from datetime import date as Date
+
+    from onecard_cli.bench_cityday import bench_cityday as run
+    from onecard_cli.bench_clearing import DAY
+
+    try:
+        day = Date.fromisoformat(date) if date else DAY
+    except ValueError as exc:
+        raise CliError(f"--date must be YYYY-MM-DD: {date}") from exc
+    if source is not None and not (source / "registry.json").exists():
+        raise CliError(f"--from {source}: no city day there (run `onecard sim city-day --out {source}` first)")
+    doc = run(records, workers=workers, keep=keep, day=day, seed=seed, progress=stderr, source=source)
     if as_json:
         typer.echo(json.dumps(doc))
     else:

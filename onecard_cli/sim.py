@@ -1,4 +1,5 @@
-"""``onecard sim card|psam``: serve a simulated card or PSAM in a vpcd slot until stopped (cli.md)."""
+"""``onecard sim card|psam``: serve a simulated card or PSAM in a vpcd slot until stopped (cli.md);
+``onecard sim city-day``: a city's day as batch files (issue #8)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +17,9 @@ from cardos.keyfile import load_key_file
 from onecard_cli.errors import CliError, guarded, stderr
 from simulators.pcscd import ensure_pcscd
 from simulators.vpcd import VpcdSlot
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 sim_app = typer.Typer(help="Serve simulated cards in vpcd reader slots.", no_args_is_help=True)
 
@@ -104,3 +108,49 @@ def sim_psam(
 ) -> None:
     """Serve one simulated PSAM on vpcd slot N until stopped."""
     serve(CardKind.PSAM, reader, alg, factory, keys, image)
+
+
+@sim_app.command("city-day")
+@guarded
+def sim_city_day(
+    records: Annotated[int, typer.Option("--records", min=1, help="records in the day (purchases and loads)")],
+    out: Annotated[Path, typer.Option("--out", help="directory for the batch files, registry.json, keys.json")],
+    date_text: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD (default: today)")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+) -> None:
+    """Generate a city day as spec §5 batch files (trips by hour with peaks, lines, card types, transfers, loads)."""
+    import time
+    from datetime import date
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from onecard_cli.bench_cityday import issuer_keys
+    from simulators.cityday import CityPlan, generate
+
+    try:
+        day = date.fromisoformat(date_text) if date_text else date.today()
+    except ValueError as exc:
+        raise CliError(f"--date must be YYYY-MM-DD: {date_text}") from exc
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} is not a directory")
+    plan = CityPlan(records=records, day=day, seed=seed)
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_stderr_console(), transient=False) as bar:
+        task = bar.add_task("generating records", total=records)
+        city = generate(plan, out, issuer_keys(seed), lambda produced: bar.update(task, completed=produced))
+        bar.update(task, completed=city.records, description="records generated, batches written")
+    seconds = time.perf_counter() - started
+    typer.echo(
+        f"{city.records:,} records ({city.purchases:,} purchases, {city.loads:,} loads), {city.cards:,} cards, "
+        f"{len(city.batch_files):,} batch files in {seconds:.1f} s → {out}"
+    )
+    typer.echo(
+        f"registry {city.registry_file.name}, issuer keys {city.key_file.name}, opening {city.opening_file.name}"
+    )
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -54,6 +54,8 @@ class CityPlan:
     lines: int = 0
     buses_per_line: int = 4
     batch_size: int = 50_000
+    spill_records: int = 1_000_000
+    """Taps held in memory before they go to per-device spill files (memory stays bounded at any size)."""
 
     def resolved_lines(self) -> int:
         """Lines: given, or about one per 20,000 records (at least 3)."""
@@ -117,7 +119,7 @@ class _TacMaker:
         """The TAC calculator of a card."""
         calc = self._calculators.get(card_no)
         if calc is None:
-            if len(self._calculators) > 500_000:
+            if len(self._calculators) > 50_000:
                 self._calculators.clear()
             dtk = self._diversifier.card_key(bytes.fromhex(card_no))
             calc = self._calculators[card_no] = crypto.TacCalculator(self._alg, dtk)
@@ -161,6 +163,7 @@ def generate(plan: CityPlan, out_dir: Path, keys: IssuerKeys, progress: Callable
     day_text = plan.day.strftime("%Y%m%d")
     purchases = loads = amount_total = produced = 0
     next_progress = 100_000
+    spill = _Spill(out_dir / f".spill-{os.getpid()}", plan.spill_records)
     opening_file = out_dir / "opening-cards.csv"
     opening = open(opening_file, "w", encoding="utf-8")  # noqa: SIM115 - closed below, written in the loop
     opening.write("card_no,card_type,balance,online_seq,offline_seq\n")
@@ -202,12 +205,14 @@ def generate(plan: CityPlan, out_dir: Path, keys: IssuerKeys, progress: Callable
                 counter.records.append(
                     (load_at, card.card_no, 0x02, card.card_type, card.online_seq, amount, card.balance)
                 )
+                spill.added(validators, counters)
                 card.online_seq += 1
                 card.balance += amount
                 loads += 1
                 amount_total += amount
                 produced += 1
             device.records.append((at, card.card_no, 0x06, card.card_type, card.offline_seq, fare, card.balance))
+            spill.added(validators, counters)
             card.offline_seq += 1
             card.balance -= fare
             last_paid_at = at
@@ -219,7 +224,10 @@ def generate(plan: CityPlan, out_dir: Path, keys: IssuerKeys, progress: Callable
             progress(produced)
             next_progress += 100_000
     opening.close()
-    files = _write_batches(plan, out_dir, validators + counters, tacs, day_text)
+    try:
+        files = _write_batches(plan, out_dir, validators + counters, tacs, day_text, spill)
+    finally:
+        spill.remove()
     registry_file = out_dir / "registry.json"
     registry_file.write_text(json.dumps(_registry(operators, validators + counters), indent=1), encoding="utf-8")
     key_file = out_dir / "keys.json"
@@ -242,19 +250,70 @@ def _tap_second(rnd: random.Random, cumulative: list[float]) -> int:
     return min(hour, 23) * 3600 + rnd.randrange(3600)
 
 
-def _write_batches(plan: CityPlan, out_dir: Path, devices: list[Device], tacs: _TacMaker, day_text: str) -> list[Path]:
+class _Spill:
+    """Taps beyond ``limit`` in memory go to one append-only file per device (read back, one device at a time, when
+    the batches are written): the generator's memory stays bounded whatever the size of the day."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self.directory = directory
+        self.limit = max(1, limit)
+        self.held = 0
+        self.spilled: set[str] = set()
+
+    def added(self, *groups: list[Device]) -> None:
+        """One tap was added to a device; spill every device's taps when too many are held."""
+        self.held += 1
+        if self.held < self.limit:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for devices in groups:
+            for device in devices:
+                if device.records:
+                    with open(self.directory / device.device_id, "a", encoding="ascii") as fh:
+                        fh.writelines(",".join(map(str, tap)) + "\n" for tap in device.records)
+                    self.spilled.add(device.device_id)
+                    device.records = []
+        self.held = 0
+
+    def taps(self, device: Device) -> list[_Tap]:
+        """All of a device's taps: the spilled ones and those still held."""
+        taps: list[_Tap] = []
+        if device.device_id in self.spilled:
+            with open(self.directory / device.device_id, encoding="ascii") as fh:
+                for line in fh:
+                    at, card_no, txn_type, card_type, card_seq, amount, balance = line.split(",")
+                    taps.append((int(at), card_no, int(txn_type), int(card_type), int(card_seq), int(amount),
+                                 int(balance)))  # fmt: skip
+        taps.extend(device.records)
+        device.records = []
+        return taps
+
+    def remove(self) -> None:
+        """Delete the spill files."""
+        if self.directory.exists():
+            for path in self.directory.iterdir():
+                path.unlink()
+            self.directory.rmdir()
+
+
+def _write_batches(
+    plan: CityPlan, out_dir: Path, devices: list[Device], tacs: _TacMaker, day_text: str, spill: _Spill
+) -> list[Path]:
     """Sort each device's taps by time, number them (term_seq, device_seq), sign them, write spec §5 batches."""
     files: list[Path] = []
-    created = datetime.combine(plan.day, time(23, 30), CST).isoformat(timespec="seconds")
+    # Made after the day's last tap (devices upload after midnight): a batch made before some of its records would
+    # put them outside clearing's time window (rejected ``outside_window``).
+    created = datetime.combine(plan.day + timedelta(days=1), time(0, 30), CST).isoformat(timespec="seconds")
     date4 = bytes.fromhex(day_text)
     alg = f"{plan_alg(tacs):02X}"
     for device in devices:
-        if not device.records:
+        taps = spill.taps(device)
+        if not taps:
             continue
-        device.records.sort()
+        taps.sort()
         term_id = bytes.fromhex(device.term_id)
         lines: list[tuple[int, str]] = []
-        for seq, (at, card_no, txn_type, card_type, card_seq, amount, balance) in enumerate(device.records, start=1):
+        for seq, (at, card_no, txn_type, card_type, card_seq, amount, balance) in enumerate(taps, start=1):
             hhmmss = _hhmmss(at)
             calc = tacs.calculator(card_no)
             if txn_type == 0x02:
@@ -270,7 +329,7 @@ def _write_batches(plan: CityPlan, out_dir: Path, devices: list[Device], tacs: _
                     f"{day_text},{hhmmss},{tac.hex().upper()},{alg},01,ok,{tail},{seq}\n",
                 )
             )
-        device.records = []
+        del taps
         for part, start in enumerate(range(0, len(lines), plan.batch_size), start=1):
             chunk = lines[start : start + plan.batch_size]
             header = BatchHeader(

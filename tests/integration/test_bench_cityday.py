@@ -23,7 +23,7 @@ def test_a_small_city_day_closes_reconciled_with_every_record_classified(
     assert doc["bench"] == "city-day" and doc["records"] == 3_000
     assert doc["reconciliation_ok"] is True and doc["reconciliation_failed"] == []
     assert doc["every_record_classified"] is True and sum(doc["classes"].values()) == 3_000
-    assert doc["classes"].get("settled", 0) > 0 and "rejected" not in doc["classes"]
+    assert doc["classes"] == {"settled": 3_000}, doc["codes"]  # a genuine day: the opening state anchors each card
     assert doc["loads"] > 0 and doc["purchases"] + doc["loads"] == 3_000
     assert doc["clear_s"] > 0 and doc["records_per_s"] > 0 and doc["baseline"] > 0
     memory = doc["memory_mb"]
@@ -40,3 +40,23 @@ def test_the_command_prints_one_json_document(postgres: Postgres, redis_server: 
     doc = json.loads(result.stdout)
     assert {"bench", "value", "unit", "baseline", "ratio"} <= doc.keys()
     assert doc["unit"] == "records/s" and doc["reconciliation_ok"] is True
+
+
+def test_a_day_generated_earlier_is_cleared_from_its_files(
+    postgres: Postgres, redis_server: Redis, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["sim", "city-day", "--records", "2000", "--out", str(tmp_path / "day"), "--date", "2025-03-04"]
+    )
+    assert made.exit_code == 0, made.output
+    ran = runner.invoke(
+        app,
+        ["bench", "city-day", "--from", str(tmp_path / "day"), "--date", "2025-03-04", "--workers", "1", "--json"],
+    )
+    assert ran.exit_code == 0, ran.output
+    doc = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert doc["records"] == 2_000 and doc["generate_s"] == 0.0
+    assert doc["classes"] == {"settled": 2_000} and doc["reconciliation_ok"] is True
+    missing = runner.invoke(app, ["bench", "city-day", "--from", str(tmp_path / "nothing"), "--json"])
+    assert missing.exit_code != 0 and "no city day" in missing.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import onecard_cli.demo
+from cardos.card import Card, CardKind
 from onecard_cli.main import app
 from simulators.pcscd import Pcscd
+from terminal.channel import Channel, InProcessChannel
 
 DAY = "2025-03-03"
 NEXT = "2025-03-04"
@@ -79,6 +82,21 @@ def test_demo_with_pcsc_writes_the_same_reports_as_in_process(
     where = tmp_path / "pcsc"
     where.mkdir()
     monkeypatch.chdir(where)
+    # Count what goes where: every card through the vpcd slots, only the PSAMs' day-long channels in-process.
+    opened: Counter[str] = Counter()
+    in_process_kinds: list[CardKind] = []
+    real_open = onecard_cli.demo.PcscReaders.open
+
+    def counting_open(readers: onecard_cli.demo.PcscReaders, chip: Card, *, psam: bool = False) -> Channel:
+        opened["psam" if psam else "card"] += 1
+        return real_open(readers, chip, psam=psam)
+
+    def counting_channel(chip: Card) -> InProcessChannel:
+        in_process_kinds.append(chip.kind)
+        return InProcessChannel(chip)
+
+    monkeypatch.setattr(onecard_cli.demo.PcscReaders, "open", counting_open)
+    monkeypatch.setattr(onecard_cli.demo, "InProcessChannel", counting_channel)
     out = io.StringIO()
     # The session's pcscd fixture holds the machine-wide vpcd lock (the command takes it itself).
     assert onecard_cli.demo.run_demo(
@@ -88,6 +106,10 @@ def test_demo_with_pcsc_writes_the_same_reports_as_in_process(
     assert "cards in the PC/SC reader Virtual PCD 00 00" in text
     assert "torn during DEBIT, presented again" in text and "reconciliation OK" in text
     pcsc = _reports(where)
+    devices = 6  # three validators, three kiosks
+    assert opened["psam"] == devices and in_process_kinds == [CardKind.PSAM] * devices
+    # issuing and loading 4 + 1 cards, 12 riders' taps, the lost and the stolen card, the tear (twice), 3 bills
+    assert opened["card"] == 2 * 5 + 12 + 2 + 2 + 3
 
     assert pcsc.keys() == in_process.keys()
     for name, content in in_process.items():

@@ -22,6 +22,7 @@ from clearing.rules import (
     DeviceFact,
     FeeSchedule,
     LoadMatch,
+    Opening,
     Policy,
     UnbalancedEntry,
     classify,
@@ -209,3 +210,26 @@ def test_the_adapters_record_fields_lead_the_candidate_in_the_same_order() -> No
     from clearing.clear import _Todo
 
     assert _Todo._fields[:14] == Candidate._fields[:14]
+
+
+def test_a_card_taken_over_from_an_earlier_system_starts_at_its_opening_state() -> None:
+    """Clearing holds no record of the card before the day: its chain starts at the card's opening balance and
+    counters (issuance's ``opening_*``), not at an empty purse with counters at 0."""
+    opening = Opening(balance=3_000, online_seq=4, offline_seq=7)
+    first = candidate(card_seq=7, balance_before=3_000, card=CardFact(None, opening))
+
+    def outcome(c: Candidate) -> tuple[str, str]:
+        taken_over = CardChain([c.chain_record], complete_history=True, opening=opening)
+        decision = classify(c, taken_over, DAY, POLICY)
+        return str(decision.klass), str(decision.code)
+
+    assert outcome(first) == ("settled", "ok")
+    assert outcome(first._replace(card_seq=8)) == ("suspicious", "counter_gap")  # a value skipped
+    assert outcome(first._replace(card_seq=0)) == ("suspicious", "counter_gap")  # before the opening counter
+    assert outcome(first._replace(balance_before=2_999)) == ("suspicious", "balance_chain")
+    # a new card (no opening state) still starts from 0 and 0
+    fresh = candidate(card_seq=0, balance_before=0)
+    assert str(classify(fresh, CardChain([fresh.chain_record], complete_history=True), DAY, POLICY).klass) == "settled"
+    assert str(classify(first, CardChain([first.chain_record], complete_history=True), DAY, POLICY).code) == (
+        "counter_gap"
+    )

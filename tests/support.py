@@ -11,6 +11,7 @@ from cardos.card import Card, CardKind
 from cardos.crypto import Alg
 from cardos.keyfile import IssuerKeys
 from cardos.layout import HolderData
+from cardos.memory import PowerLoss
 from terminal.channel import InProcessChannel
 from terminal.personalise import personalise
 
@@ -62,3 +63,42 @@ class StepClock:
     def __call__(self) -> datetime:
         self.now += timedelta(seconds=1)
         return self.now
+
+
+class ForwardingCard:
+    """A test double in front of a card: forwards everything to it; subclasses change :meth:`transmit`."""
+
+    def __init__(self, inner: Card) -> None:
+        self.inner = inner
+
+    @property
+    def atr(self) -> bytes:
+        return self.inner.atr
+
+    def power_on(self) -> None:
+        self.inner.power_on()
+
+    def power_off(self) -> None:
+        self.inner.power_off()
+
+    def transmit(self, apdu: bytes) -> bytes:
+        return self.inner.transmit(apdu)
+
+
+class LeavesAfterCredit(ForwardingCard):
+    """Forwards every command; after forwarding CREDIT FOR LOAD the card leaves: its answer is lost."""
+
+    def transmit(self, apdu: bytes) -> bytes:
+        response = self.inner.transmit(apdu)
+        if apdu[:2] == b"\x80\x52":
+            raise PowerLoss("the card left after CREDIT FOR LOAD")
+        return response
+
+
+class LeavesBeforeCredit(ForwardingCard):
+    """Forwards every command but CREDIT FOR LOAD: the card leaves before it (nothing was credited)."""
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if apdu[:2] == b"\x80\x52":
+            raise PowerLoss("the card left before CREDIT FOR LOAD")
+        return self.inner.transmit(apdu)

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from integration.api.staffkit import StaffWorld, staff_world
 from sqlalchemy import select
+from support import LeavesAfterCredit
 
 from cardos.card import Card
-from cardos.memory import PowerLoss
 from issuance import services
 from issuance.access import SYSTEM_CLEARING, Role, Staff
 from issuance.lifecycle import LoadStatus
@@ -44,29 +44,6 @@ def invalid(response: httpx.Response) -> dict[str, Any]:
 def code(response: httpx.Response) -> str:
     """The error code of an error answer."""
     return str(response.json()["error"]["code"])
-
-
-class LeavesAfterCredit:
-    """Forwards every command; after forwarding CREDIT FOR LOAD the card leaves: its answer is lost."""
-
-    def __init__(self, inner: Card) -> None:
-        self.inner = inner
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
-
-    def power_on(self) -> None:
-        self.inner.power_on()
-
-    def power_off(self) -> None:
-        self.inner.power_off()
-
-    def transmit(self, apdu: bytes) -> bytes:
-        response = self.inner.transmit(apdu)
-        if apdu[:2] == b"\x80\x52":
-            raise PowerLoss("the card left after CREDIT FOR LOAD")
-        return response
 
 
 def unconfirmed_load(world: StaffWorld, chip: Card, amount: int, request_id: str) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from support import issue_card
+from support import LeavesAfterCredit, LeavesBeforeCredit, issue_card
 
 from backoffice.errors import CardRefused, Conflict
 from cardos.batch import BatchRecord, RecordStatus
-from cardos.card import Card
-from cardos.memory import PowerLoss
 from issuance import services
 from issuance.bookkeeping import COUNTER_CASH, card_account
 from issuance.lifecycle import LoadStatus
@@ -24,38 +22,6 @@ from terminal.purse import LoadRequest, PurseTerminal
 
 if TYPE_CHECKING:
     from conftest import Desk  # tests/integration/issuance/conftest.py
-
-
-class LeavesAfterCredit:
-    """Forwards every command; after forwarding CREDIT FOR LOAD the card leaves: its answer is lost."""
-
-    def __init__(self, inner: Card) -> None:
-        self.inner = inner
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
-
-    def power_on(self) -> None:
-        self.inner.power_on()
-
-    def power_off(self) -> None:
-        self.inner.power_off()
-
-    def transmit(self, apdu: bytes) -> bytes:
-        response = self.inner.transmit(apdu)
-        if apdu[:2] == b"\x80\x52":
-            raise PowerLoss("the card left after CREDIT FOR LOAD")
-        return response
-
-
-class LeavesBeforeCredit(LeavesAfterCredit):
-    """The card leaves as CREDIT FOR LOAD arrives: the credit never happens."""
-
-    def transmit(self, apdu: bytes) -> bytes:
-        if apdu[:2] == b"\x80\x52":
-            raise PowerLoss("the card left before CREDIT FOR LOAD")
-        return self.inner.transmit(apdu)
 
 
 def test_load_once_per_request_id(desk: Desk) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from integration.api.staffkit import FAST_HASHER, PASSWORD, StaffWorld, staff_world
+from support import LeavesAfterCredit
 
 import api.web.pages as pages
 from api import finance
 from api.staff_auth import Principal, create_staff
 from backoffice.errors import Conflict, Forbidden, InvalidInput
 from cardos.card import Card
-from cardos.memory import PowerLoss
 from issuance import services
 from issuance.access import Role, Staff
 from issuance.lifecycle import LoadStatus
@@ -69,29 +69,6 @@ def issued_card(world: StaffWorld) -> tuple[str, Card]:
     finally:
         for name, value in kept.items():
             world.client.cookies.set(name, value)
-
-
-class LeavesAfterCredit:
-    """The card leaves after CREDIT FOR LOAD: its answer is lost."""
-
-    def __init__(self, inner: Card) -> None:
-        self.inner = inner
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
-
-    def power_on(self) -> None:
-        self.inner.power_on()
-
-    def power_off(self) -> None:
-        self.inner.power_off()
-
-    def transmit(self, apdu: bytes) -> bytes:
-        response = self.inner.transmit(apdu)
-        if apdu[:2] == b"\x80\x52":
-            raise PowerLoss("the card left after CREDIT FOR LOAD")
-        return response
 
 
 def test_block_and_unblock_confirm_then_act(world: StaffWorld) -> None:

@@ -499,8 +499,7 @@ def load_card(
     body: LoadIn,
     idempotency_key: IdempotencyKey,
     principal: CurrentStaff,
-    state: State,
-    ctx: Counter,
+    request: Request,
 ) -> Response:
     """Load cash onto the card in your desk's reader, exactly once per ``Idempotency-Key``.
 
@@ -509,6 +508,10 @@ def load_card(
     first request runs, retries wait for it. Refusals after the card was reached (card refused, limit) are
     stored and replayed too.
     """
+    # The state and the counter context are read here rather than as dependencies: each synchronous dependency
+    # is one more hop through the thread pool, on the path every load takes.
+    state = get_state(request)
+    ctx = state.counter_context()
     stored, replayed = counter_service.idempotent_load(
         state.new_uow,
         ctx,

@@ -14,23 +14,27 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from sqlalchemy import Connection, Table, bindparam, exists, or_, select
 
 from api import idempotency
 from api.deps import ServiceUnavailable
 from api.desks import DeskReaders, desk_for
 from api.ratelimit import RateLimiter, Rule, enforce
 from api.schemas import error_body
-from api.staff_auth import Principal, acting_staff, roles_for
-from backoffice.db import UnitOfWork
-from backoffice.errors import Conflict, Forbidden, OnecardError
+from api.staff_auth import DeskView, Principal, acting_staff, roles_for
+from backoffice.db import UnitOfWork, run_statement
+from backoffice.errors import Conflict, Forbidden, OnecardError, RateLimited
 from backoffice.settings import Settings, read_dotenv
 from cardos import crypto
 from issuance import cardops, services
-from issuance.access import Action
+from issuance.access import Action, Staff
 from issuance.bookkeeping import Clock, local_now
 from issuance.keys import Keystore
 from issuance.lifecycle import CardType, HotlistReason, InsuredScheme, SocialSecurityStatus
+from issuance.loadhost import LoadHooks
+from issuance.models import Load
 from issuance.pii import PersonalDataVault
 
 log = logging.getLogger("onecard.api.counter")
@@ -356,41 +360,180 @@ def idempotent_load(
     get exactly those bytes (``replayed``). Nothing is stored when the load was not attempted (wrong desk,
     no or wrong card in the reader, rate limit) or failed on the server's side (5xx): the key stays free.
     Only first runs take a token from the money rate limit.
+
+    A key that is not on record, for a load that is not on record either (one indexed read, outside any
+    transaction), takes the fast path: the key is claimed in the load's authorization transaction and the
+    response stored in its outcome transaction (two commits in all). Otherwise, or when a concurrent request
+    with the same key claims it first, the key is claimed on its own first (:func:`idempotency.begin`: replay,
+    wait, conflict or take-over), then the load runs.
     """
     staff = acting_staff(principal, Action.LOAD)  # role first: no key is even looked at without it
     desk = desk_for(principal, desk_id)
     request = {"card_no": card_no, "desk_id": desk_id, "amount": amount}
     hashed = idempotency.request_hash(LOAD_OPERATION, request)
+    request_id = idempotency.derived_request_id("api", principal.staff_id, key)
+    load = _LoadCall(new_uow, ctx, readers, limiter, money, principal, staff, desk, card_no, amount, request_id)
+    if not _on_record(new_uow, principal.staff_id, key, request_id):
+        first = _first_load(load, key, hashed, render, success_status)
+        if first is not None:
+            return first
     claimed = idempotency.begin(new_uow, principal.staff_id, key, LOAD_OPERATION, hashed)
     if isinstance(claimed, idempotency.StoredResponse):
         return claimed, True
-    attempted = False
     try:
-        enforce(limiter, money, principal.username)
-        with readers.open(desk) as opened:
-            _check_card_in_reader(opened.channel, card_no)
-            attempted = True
-            outcome = services.load_card(
-                new_uow,
-                staff,
-                ctx.keys,
-                opened.channel,
-                amount=amount,
-                request_id=idempotency.derived_request_id("api", principal.staff_id, key),
-                term_id=desk.term_id,
-                clock=ctx.clock,
-                card_source=opened.card_source,
-                recovery_timeout=ctx.recovery_timeout,
-            )
+        outcome = load.run(None)
         response = idempotency.StoredResponse(success_status, render(LoadResult(desk.desk_id, outcome)))
     except OnecardError as exc:
-        if not attempted or exc.http_status >= 500:
+        if not load.attempted or exc.http_status >= 500:
             idempotency.release(new_uow, claim=claimed)
             raise
-        response = idempotency.StoredResponse(
-            exc.http_status, _json_bytes(error_body(exc.code, exc.message, exc.details))
-        )
+        response = _refusal(exc)
     except BaseException:
         idempotency.release(new_uow, claim=claimed)
         raise
     return idempotency.finish(new_uow, claimed, response), False
+
+
+@dataclass
+class _LoadCall:
+    """One load at a desk, as :func:`idempotent_load` runs it (once per request)."""
+
+    new_uow: UowFactory
+    ctx: CounterContext
+    readers: DeskReaders
+    limiter: RateLimiter
+    money: Rule
+    principal: Principal
+    staff: Staff
+    desk: DeskView
+    card_no: str
+    amount: int
+    request_id: str
+    attempted: bool = False
+    """Whether the card in the reader was reached and found to be the right one."""
+
+    def run(self, hooks: LoadHooks | None) -> services.LoadOutcome:
+        """Rate limit, the desk's reader, the card check, the load (``attempted`` once the card is checked).
+
+        With ``hooks`` (the fast path), the rate limit is taken by the hooks once they hold the key."""
+        self.attempted = False
+        if hooks is None:
+            self.admit()
+        with self.readers.open(self.desk) as opened:
+            _check_card_in_reader(opened.channel, self.card_no)
+            self.attempted = True
+            outcome = services.load_card(
+                self.new_uow,
+                self.staff,
+                self.ctx.keys,
+                opened.channel,
+                amount=self.amount,
+                request_id=self.request_id,
+                term_id=self.desk.term_id,
+                clock=self.ctx.clock,
+                card_source=opened.card_source,
+                recovery_timeout=self.ctx.recovery_timeout,
+                hooks=hooks,
+                on_record_checked=hooks is not None,
+            )
+        return outcome
+
+    def admit(self) -> None:
+        """Take a token from the money rate limit (:class:`~backoffice.errors.RateLimited` when there is none)."""
+        enforce(self.limiter, self.money, self.principal.username)
+
+
+_LOADS = cast(Table, Load.__table__)
+_ON_RECORD = select(
+    or_(
+        idempotency.key_exists(bindparam("k_staff_id"), bindparam("k_key")),
+        exists().where(_LOADS.c.request_id == bindparam("k_request_id")),
+    )
+)
+
+
+def _on_record(new_uow: UowFactory, staff_id: int, key: str, request_id: str) -> bool:
+    """Whether the key, or a load under its request id, is on record (one statement, no transaction)."""
+    with new_uow() as uow, uow.autocommit() as conn:
+        params = {"k_staff_id": staff_id, "k_key": key, "k_request_id": request_id}
+        rows, _ = run_statement(conn, _ON_RECORD, params)
+        return bool(rows[0][0])
+
+
+class _ClaimingHooks:
+    """The idempotency key's claim and response inside the load host's two transactions."""
+
+    def __init__(
+        self,
+        staff_id: int,
+        key: str,
+        hashed: str,
+        desk_id: str,
+        render: Callable[[LoadResult], bytes],
+        success_status: int,
+        admit: Callable[[], None],
+    ) -> None:
+        self._staff_id, self._key, self._hashed = staff_id, key, hashed
+        self._admit = admit
+        self._desk_id, self._render, self._status = desk_id, render, success_status
+        self._pending: idempotency.Claim | None = None
+        self.claim: idempotency.Claim | None = None
+        """The claim, once the authorization that made it has committed."""
+        self.stored: idempotency.StoredResponse | None = None
+        """The response stored with the load's outcome (valid once the load returned)."""
+
+    def authorizing(self, conn: Connection) -> None:
+        """Claim the key (:class:`idempotency.KeyTaken` when a concurrent request has it), then take a token from
+        the money rate limit: only the request that holds the key does (a refusal rolls the claim back)."""
+        self._pending = idempotency.claim_in(conn, self._staff_id, self._key, LOAD_OPERATION, self._hashed)
+        self._admit()
+
+    def authorization_committed(self) -> None:
+        """The claim holds."""
+        self.claim = self._pending
+
+    def confirming(self, conn: Connection, load: Load) -> None:
+        """Store the response of the load's outcome with it."""
+        if self.claim is None:
+            return
+        response = idempotency.StoredResponse(
+            self._status, self._render(LoadResult(self._desk_id, services.load_outcome(load)))
+        )
+        self.stored = response if idempotency.store_in(conn, self.claim, response) else None
+
+
+def _first_load(
+    load: _LoadCall, key: str, hashed: str, render: Callable[[LoadResult], bytes], success_status: int
+) -> tuple[idempotency.StoredResponse, bool] | None:
+    """The fast path of :func:`idempotent_load`; ``None`` when another request with the key claimed it first."""
+    hooks = _ClaimingHooks(
+        load.principal.staff_id, key, hashed, load.desk.desk_id, render, success_status, admit=load.admit
+    )
+    try:
+        outcome = load.run(hooks)
+        if hooks.stored is not None:
+            return hooks.stored, False
+        response = idempotency.StoredResponse(success_status, render(LoadResult(load.desk.desk_id, outcome)))
+    except idempotency.KeyTaken:
+        return None
+    except OnecardError as exc:
+        if not load.attempted or exc.http_status >= 500 or isinstance(exc, RateLimited):
+            if hooks.claim is not None:
+                idempotency.release(load.new_uow, claim=hooks.claim)
+            raise
+        response = _refusal(exc)
+    except BaseException:
+        if hooks.claim is not None:
+            idempotency.release(load.new_uow, claim=hooks.claim)
+        raise
+    claim = hooks.claim
+    if claim is None:  # refused before the authorization committed: claim the key now to store the refusal
+        claimed = idempotency.begin(load.new_uow, load.principal.staff_id, key, LOAD_OPERATION, hashed)
+        if isinstance(claimed, idempotency.StoredResponse):
+            return claimed, True
+        claim = claimed
+    return idempotency.finish(load.new_uow, claim, response), False
+
+
+def _refusal(exc: OnecardError) -> idempotency.StoredResponse:
+    return idempotency.StoredResponse(exc.http_status, _json_bytes(error_body(exc.code, exc.message, exc.details)))

@@ -150,34 +150,60 @@ class SimulatedDeskReaders:
 
 class ImageDeskReaders:
     """Simulated cards kept as image files ``<directory>/<desk_id>.card``, one process at a time per desk
-    (``flock`` on ``<desk_id>.lock``): every worker process of the API sees the same card."""
+    (``flock`` on ``<desk_id>.lock``): every worker process of the API sees the same card.
+
+    Each process keeps the card it last loaded or saved, with the file's identity (inode, modification time,
+    size) at that moment: while the file is unchanged (no other process drove the card since), the next
+    operation reuses it instead of parsing the image again. The image is still written back, under the lock,
+    whenever an operation changed the card.
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._locks = _DeskLocks()
+        self._cached: dict[str, tuple[tuple[int, int, int], Card]] = {}
 
     def image_path(self, desk_id: str) -> Path:
         """Where the desk's card image is."""
         return self.directory / f"{desk_id}.card"
 
+    @staticmethod
+    def _identity(path: Path) -> tuple[int, int, int]:
+        status = os.stat(path)
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def _card(self, desk_id: str, path: Path) -> Card:
+        identity = self._identity(path)
+        cached = self._cached.get(desk_id)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        self._cached.pop(desk_id, None)
+        card = Card.load_image(path)
+        self._cached[desk_id] = (identity, card)
+        return card
+
     @contextlib.contextmanager
     def open(self, desk: DeskView) -> Iterator[DeskSession]:
-        """Load the desk's card image, drive it, save it back if it changed."""
+        """Load the desk's card image (or reuse this process's copy of it), drive it, save it back if it
+        changed."""
         path = self.image_path(desk.desk_id)
         with self._locks.held(desk.desk_id, DESK_LOCK_TIMEOUT):
             fd = os.open(self.directory / f"{desk.desk_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    card = Card.load_image(path)
+                    card = self._card(desk.desk_id, path)
                 except FileNotFoundError:
+                    self._cached.pop(desk.desk_id, None)
                     raise NoCardInReader("there is no card in the desk's reader", desk_id=desk.desk_id) from None
                 try:
                     with InProcessChannel(card, name=f"desk {desk.desk_id}") as channel:
                         yield DeskSession(channel, InProcessField([card]))
                 finally:
                     if card.memory.dirty:
+                        self._cached.pop(desk.desk_id, None)
                         card.save_image(path)
+                        self._cached[desk.desk_id] = (self._identity(path), card)
             finally:
                 os.close(fd)
 

@@ -9,6 +9,13 @@ first one to finish, then replay it.
 The money itself is exactly-once further down: the load's request id is derived from (staff, key), and issuance
 records one load per request id. So a claim whose request died (its process crashed) may be taken over after
 its lease: the rerun finds the load on record and answers from it, without touching the card again.
+
+The fast path of a first request (the key is not on record) takes no transaction of its own: the caller claims
+the key with :func:`claim_in` inside the transaction that records the work (for a load, the authorization: the
+claim and the authorization commit together, before anything reaches the card) and stores the response with
+:func:`store_in` inside the transaction that records the outcome. When :func:`claim_in` finds the key taken (a
+concurrent request with the same key got there first), the caller rolls back and goes through :func:`begin`,
+which replays or waits as above.
 """
 
 from __future__ import annotations
@@ -20,13 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from api.models import IdempotencyRecord
-from backoffice.db import UnitOfWork
+from backoffice.db import UnitOfWork, run_statement
 from backoffice.errors import Conflict
 
 UowFactory = Callable[[], UnitOfWork]
@@ -34,6 +41,24 @@ LEASE = timedelta(seconds=120)
 """How long a claim is honoured before a retry may take it over (longer than any load with recovery)."""
 WAIT_TIMEOUT = 30.0
 """How long a retry waits for the first request to finish before answering ``409 idempotency_in_progress``."""
+
+
+_RECORDS = cast(Table, IdempotencyRecord.__table__)
+_CLAIM = {
+    "postgresql": postgresql.insert(_RECORDS)
+    .on_conflict_do_nothing(index_elements=["staff_id", "idem_key"])
+    .returning(_RECORDS.c.id),
+    "sqlite": sqlite.insert(_RECORDS)
+    .on_conflict_do_nothing(index_elements=["staff_id", "idem_key"])
+    .returning(_RECORDS.c.id),
+}
+_STORE = update(_RECORDS).where(
+    _RECORDS.c.id == bindparam("k_id"), _RECORDS.c.claim_token == bindparam("k_token"), _RECORDS.c.state == "pending"
+)
+
+
+class KeyTaken(Exception):
+    """:func:`claim_in` found the key claimed by another request: roll back and go through :func:`begin`."""
 
 
 class IdempotencyConflict(Conflict):
@@ -79,6 +104,61 @@ def derived_request_id(prefix: str, staff_id: int, key: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def claim_in(
+    conn: Connection,
+    staff_id: int,
+    key: str,
+    operation: str,
+    hashed: str,
+    *,
+    clock: Callable[[], datetime] = _now,
+) -> Claim:
+    """Claim ``key`` inside the caller's transaction (one ``INSERT … ON CONFLICT DO NOTHING RETURNING``): the
+    claim holds once that transaction commits. :class:`KeyTaken` when another request has it (PostgreSQL waits
+    for a concurrent claimant's transaction to end first)."""
+    token = secrets.token_hex(16)
+    rows, _ = run_statement(
+        conn,
+        _CLAIM[conn.dialect.name],
+        {
+            "staff_id": staff_id,
+            "idem_key": key,
+            "operation": operation,
+            "request_hash": hashed,
+            "state": "pending",
+            "claim_token": token,
+            "claimed_at": clock(),
+        },
+    )
+    if not rows:
+        raise KeyTaken(key)
+    return Claim(int(rows[0][0]), token)
+
+
+def store_in(conn: Connection, claim: Claim, response: StoredResponse, *, clock: Callable[[], datetime] = _now) -> bool:
+    """Store the response of a claimed key inside the caller's transaction; ``False`` when the claim is no longer
+    this request's (its lease was taken over): then :func:`finish` after the commit tells what retries see."""
+    _, count = run_statement(
+        conn,
+        _STORE,
+        {
+            "k_id": claim.record_id,
+            "k_token": claim.token,
+            "state": "done",
+            "response_status": response.status,
+            "response_body": response.body,
+            "completed_at": clock(),
+        },
+    )
+    return count == 1
+
+
+def key_exists(staff_id: Any, key: Any) -> Any:
+    """``EXISTS`` (a SQL expression) of a record for ``key`` of ``staff_id`` (values or bound parameters): to be
+    read with other look-ups in one statement."""
+    return exists().where(_RECORDS.c.staff_id == staff_id, _RECORDS.c.idem_key == key)
 
 
 def begin(

@@ -26,11 +26,11 @@ from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from api.models import CounterDesk, StaffAccount, StaffSession
-from backoffice.db import UnitOfWork
+from backoffice.db import UnitOfWork, run_statement
 from backoffice.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from issuance.access import PERMISSIONS, UNMASKED_PERSONAL_DATA, Action, Role, Staff
 
@@ -414,30 +414,37 @@ def logout(uow: UnitOfWork, principal: Principal, *, now: datetime | None = None
     uow.commit()
 
 
+_SESSION_LOOKUP = (
+    select(
+        StaffSession.id,
+        StaffSession.expires_at,
+        StaffSession.revoked_at,
+        StaffAccount.id,
+        StaffAccount.username,
+        StaffAccount.roles,
+        StaffAccount.desk_id,
+        StaffAccount.active,
+        CounterDesk.reader,
+        CounterDesk.term_id,
+        CounterDesk.active,
+    )
+    .join(StaffAccount, StaffAccount.id == StaffSession.staff_id)
+    .outerjoin(CounterDesk, CounterDesk.desk_id == StaffAccount.desk_id)
+    .where(StaffSession.token_hash == bindparam("k_token_hash"))
+)
+"""Built once: every staff request runs it (one indexed read: ``api_sessions.token_hash`` is unique)."""
+
+
 def authenticate(uow: UnitOfWork, token: str, *, via_cookie: bool = False, now: datetime | None = None) -> Principal:
-    """The principal of a live session token; :class:`Unauthorized` for anything else. Read-only."""
+    """The principal of a live session token; :class:`Unauthorized` for anything else. Read-only: one statement
+    on its own, outside the unit's transaction (no ``BEGIN`` / ``ROLLBACK`` round trips)."""
     if not TOKEN_PATTERN.fullmatch(token):
         raise Unauthorized("not logged in")
-    row = uow.session.execute(
-        select(
-            StaffSession.id,
-            StaffSession.expires_at,
-            StaffSession.revoked_at,
-            StaffAccount.id,
-            StaffAccount.username,
-            StaffAccount.roles,
-            StaffAccount.desk_id,
-            StaffAccount.active,
-            CounterDesk.reader,
-            CounterDesk.term_id,
-            CounterDesk.active,
-        )
-        .join(StaffAccount, StaffAccount.id == StaffSession.staff_id)
-        .outerjoin(CounterDesk, CounterDesk.desk_id == StaffAccount.desk_id)
-        .where(StaffSession.token_hash == token_hash(token))
-    ).one_or_none()
-    if row is None:
+    with uow.autocommit() as conn:
+        rows, _ = run_statement(conn, _SESSION_LOOKUP, {"k_token_hash": token_hash(token)})
+    if not rows:
         raise Unauthorized("not logged in")
+    row = rows[0]
     session_id, expires_at, revoked_at, staff_id, username, roles, desk_id, active, reader, term_id, in_service = row
     if revoked_at is not None or not active:
         raise Unauthorized("the session has ended")

@@ -34,6 +34,9 @@ class Settings:
     redis_url: str | None = None
     keystore: str = DEFAULT_KEYSTORE
     key_file: str | None = None
+    db_pre_ping: bool | None = None
+    """Test pooled PostgreSQL connections on checkout (``ONECARD_DB_PRE_PING``: ``1``/``0``); ``None``: each entry
+    point's default (on, except in the API, whose requests are retried)."""
 
     @classmethod
     def load(cls) -> Settings:
@@ -44,4 +47,17 @@ class Settings:
             redis_url=env.get("ONECARD_REDIS_URL") or None,
             keystore=env.get("ONECARD_KEYSTORE") or DEFAULT_KEYSTORE,
             key_file=env.get("ONECARD_KEY_FILE") or None,
+            db_pre_ping=_flag(env.get("ONECARD_DB_PRE_PING")),
         )
+
+
+def _flag(value: str | None) -> bool | None:
+    """``1``/``true``/``yes``/``on`` and ``0``/``false``/``no``/``off`` (any case); unset or empty: ``None``."""
+    if value is None or not value.strip():
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes/no setting: {value!r}")

@@ -211,6 +211,12 @@ class Load(Base):
         UniqueConstraint("term_id", "device_seq"),
         CheckConstraint("amount > 0", name="amount_positive"),
         Index("ix_loads_card_id_online_seq", "card_id", "online_seq"),
+        Index(
+            "ix_loads_authorized",
+            "card_id",
+            postgresql_where=text("status = 'authorized'"),
+            sqlite_where=text("status = 'authorized'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -54,7 +54,7 @@ from issuance.lifecycle import (
     SocialSecurityStatus,
     check_transition,
 )
-from issuance.loadhost import COUNTED, BackOfficeLoadHost, LoadFunding, batch_record, complete_load
+from issuance.loadhost import COUNTED, BackOfficeLoadHost, LoadFunding, LoadHooks, batch_record, complete_load
 from issuance.models import (
     BalanceSettlement,
     Card,
@@ -829,10 +829,14 @@ def personalise_psam(
 # --- loads ---------------------------------------------------------------------------------------------------
 
 
-def _load_outcome(load: Load, replayed: bool) -> LoadOutcome:
+def load_outcome(load: Load, replayed: bool = False) -> LoadOutcome:
+    """The :class:`LoadOutcome` of a load as recorded (its spec §5 record once it has a device_seq)."""
     record = batch_record(load) if load.device_seq is not None else None
     balance_after = load.old_balance + load.amount if load.status in COUNTED else None
     return LoadOutcome(load.request_id, load.card_no, load.amount, load.status, balance_after, record, replayed)
+
+
+_load_outcome = load_outcome
 
 
 @dataclass(frozen=True)
@@ -862,13 +866,15 @@ def _run_load(
     card_source: CardSource | None,
     recovery_timeout: float,
     funding: LoadFunding,
+    hooks: LoadHooks | None = None,
+    on_record_checked: bool = False,
 ) -> LoadOutcome:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidInput("a load is a positive whole number of fen")
     if not request_id or len(request_id) > 64:
         raise InvalidInput("a request id is 1 to 64 characters")
     term_id = _digits(term_id, 12, "term_id")
-    existing = _load_on_record(new_uow, request_id)
+    existing = None if on_record_checked else _load_on_record(new_uow, request_id)
     if existing is not None:
         status = existing.outcome.status
         if existing.outcome.amount != amount or existing.funding_account != funding.account:
@@ -881,10 +887,12 @@ def _run_load(
                 request_id=request_id,
                 status=str(status),
             )
-    host = BackOfficeLoadHost(new_uow, keys, staff, clock=clock, funding=funding)
+    host = BackOfficeLoadHost(new_uow, keys, staff, clock=clock, funding=funding, fresh=existing is None, hooks=hooks)
     terminal = PurseTerminal(clock=clock, card_source=card_source, recovery_timeout=recovery_timeout)
     with card_errors():
         terminal.load(channel, amount, host, term_id=bytes.fromhex(term_id), request_id=request_id)
+    if host.outcome is not None:  # as confirm committed it
+        return load_outcome(host.outcome, replayed=False)
     done = _load_on_record(new_uow, request_id)
     assert done is not None
     return dataclasses.replace(done.outcome, replayed=False)
@@ -902,6 +910,8 @@ def load_card(
     clock: Clock = local_now,
     card_source: CardSource | None = None,
     recovery_timeout: float = 10.0,
+    hooks: LoadHooks | None = None,
+    on_record_checked: bool = False,
 ) -> LoadOutcome:
     """An online load at the counter (spec §2.4, Load), paid in cash, recorded exactly once per ``request_id``.
 
@@ -910,6 +920,11 @@ def load_card(
     answered from the record without touching the card (``replayed``). When the card leaves after CREDIT the
     terminal waits for it on ``card_source`` and recovers the proof; without one the load is ``unconfirmed``
     until :func:`resolve_unconfirmed_load`.
+
+    ``hooks`` add the caller's rows to the host's two transactions (:class:`~issuance.loadhost.LoadHooks`).
+    ``on_record_checked``: the caller has just seen that no load has ``request_id`` (the look-up is skipped; were
+    it wrong, the unique request id still sends the load down the host's general path, which refuses or retries
+    exactly as after the look-up).
     """
     require(staff, Action.LOAD)
     return _run_load(
@@ -924,6 +939,8 @@ def load_card(
         card_source=card_source,
         recovery_timeout=recovery_timeout,
         funding=LoadFunding(),
+        hooks=hooks,
+        on_record_checked=on_record_checked,
     )
 
 

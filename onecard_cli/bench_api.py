@@ -10,17 +10,22 @@ What runs:
   (:func:`onecard_cli.serve.spawn_workers`) and built as :func:`onecard_cli.serve.serve_app` builds it (JSON
   access log to a file, metrics, request ids), plus the bench's two additions: ``GET /bench/noop`` (an async
   FastAPI route returning a constant, behind the same middleware: the framework's floor) and **simulated cards**:
-  each bench desk's reader holds a card image file (:class:`api.desks.ImageDeskReaders`, on tmpfs), loaded,
-  driven in-process (the card OS of ``cardos``) and saved back under a lock per load. Everything else is the
-  production path: bearer-token sessions, role and desk checks, the money rate limit (set high enough not to
-  bind), the Idempotency-Key claim and stored response, issuance's load host (MAC1, MAC2, TAC through an
-  in-memory keystore of generated keys), the ledger;
+  each bench desk's reader holds a card image file (:class:`api.desks.ImageDeskReaders`, on tmpfs), driven
+  in-process (the card OS of ``cardos``: INITIALIZE FOR LOAD, CREDIT FOR LOAD with real MACs) and saved back under
+  a lock per load; a worker reuses the card it last saved while the file is unchanged instead of parsing it again.
+  Everything else is the production path: bearer-token sessions, role and desk checks, the money rate limit (set
+  high enough not to bind), the Idempotency-Key claim and stored response, issuance's load host (MAC1, MAC2, TAC
+  through an in-memory keystore of generated keys), the ledger;
 - ``clients`` concurrent clients (one clerk and desk each, one keep-alive connection each), raw HTTP/1.1 on
   asyncio so that the client costs little of the machine it shares: first the no-op for ``seconds``, then loads
-  of 1 fen with a fresh Idempotency-Key each for ``seconds``.
+  of 1 fen with a fresh Idempotency-Key each for ``seconds``. The server is CPU-bound on this machine's two cores
+  by about 8 clients (two workers, four requests in flight each, so that one request's database round trips and
+  commits overlap another's work); more clients only queue, adding latency and no throughput.
 
 Figures: ``value`` loads/s, ``baseline`` no-op requests/s, ``ratio = value / baseline``, client-side p50 / p99
-latency of both, and a check that the database holds exactly one load row per 201 answered.
+latency of both, a check that the database holds exactly one load row per 201 answered, and where the machine's
+CPU went: ``cpu_ms_per_load`` / ``cpu_ms_per_noop``, milliseconds of CPU per answered request of the API workers,
+of PostgreSQL (server and backends, read from ``/proc``; only for the bench's own cluster) and of the clients.
 """
 
 from __future__ import annotations
@@ -105,6 +110,75 @@ def _free_port() -> int:
 class _Cluster:
     url: str
     stop: Callable[[], None]
+    data: Path | None = None
+    """The cluster's data directory (its ``postmaster.pid`` names the server process)."""
+
+
+# --- CPU accounting ------------------------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) of a process from ``/proc`` (0 when it is gone); ``reaped`` adds its waited-for
+    children's."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return ticks / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class _CpuMeter:
+    """CPU seconds of the API workers, the PostgreSQL cluster (server and backends, when it is ours) and this
+    process (the clients), read from ``/proc`` before and after a phase."""
+
+    workers: list[int]
+    postmaster: int | None
+
+    def read(self) -> dict[str, float]:
+        """Cumulative CPU seconds by part."""
+        postgres = 0.0
+        if self.postmaster is not None:
+            postgres = _proc_cpu(self.postmaster, reaped=True) + sum(
+                _proc_cpu(child) for child in _children(self.postmaster)
+            )
+        return {
+            "api_workers": sum(_proc_cpu(pid) for pid in self.workers),
+            "postgres": postgres,
+            "clients": time.process_time(),
+        }
+
+    @staticmethod
+    def per_request(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+        """Milliseconds of CPU per answered request, by part, and in all."""
+        parts = {name: (after[name] - before[name]) * 1000 / max(count, 1) for name in before}
+        parts["total"] = sum(parts.values())
+        return {name: round(value, 3) for name, value in parts.items()}
+
+
+def _postmaster_pid(data: Path | None) -> int | None:
+    if data is None:
+        return None
+    try:
+        return int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextlib.contextmanager
@@ -150,7 +224,7 @@ def _postgres(durable: bool) -> Iterator[_Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
     try:
-        yield _Cluster(f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench", stop)
+        yield _Cluster(f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench", stop, data)
     finally:
         stop()
 
@@ -367,23 +441,25 @@ def _count_loads(url: str, desks: list[_Desk]) -> int:
 def bench_api(
     progress: Callable[[str], None],
     *,
-    clients: int = 16,
+    clients: int = 8,
     seconds: float = 10.0,
     workers: int = 2,
     durable: bool = True,
     database_url: str | None = None,
 ) -> dict[str, Any]:
     """Run the API benchmark; return its JSON document (see the module docstring)."""
-    url = database_url if database_url is not None else os.environ.get("ONECARD_DATABASE_URL")
+    url = (database_url if database_url is not None else os.environ.get("ONECARD_DATABASE_URL")) or None
     if url and not url.startswith("postgresql"):
         url = None  # the bench is about PostgreSQL
     shm = Path("/dev/shm")
     directory = Path(tempfile.mkdtemp(prefix="onecard-bench-api-", dir=shm if shm.is_dir() else None))
     try:
         with contextlib.ExitStack() as stack:
+            cluster_data: Path | None = None
             if url is None:
                 progress("starting PostgreSQL")
-                url = stack.enter_context(_postgres(durable)).url
+                cluster = stack.enter_context(_postgres(durable))
+                url, cluster_data = cluster.url, cluster.data
                 own_cluster = True
             else:
                 own_cluster = False
@@ -415,12 +491,17 @@ def bench_api(
             asyncio.run(_drive(port, [_load_request(d, t) for d, t in zip(desks, tokens, strict=True)], 201, 2.0))
             asyncio.run(_drive(port, [_noop_request] * clients, 200, 1.0))
             before = _count_loads(url, desks)
+            meter = _CpuMeter([process.pid for process in processes], _postmaster_pid(cluster_data))
             progress(f"no-op endpoint: {clients} clients, {seconds:g} s")
+            cpu_start = meter.read()
             noop = asyncio.run(_drive(port, [_noop_request] * clients, 200, seconds))
+            cpu_noop = meter.per_request(cpu_start, meter.read(), noop.done)
             progress(f"loads: {clients} clients, {seconds:g} s")
+            cpu_start = meter.read()
             loads = asyncio.run(
                 _drive(port, [_load_request(d, t) for d, t in zip(desks, tokens, strict=True)], 201, seconds)
             )
+            cpu_loads = meter.per_request(cpu_start, meter.read(), loads.done)
             recorded = _count_loads(url, desks) - before
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -437,6 +518,8 @@ def bench_api(
         "p99_ms": loads.figures("loads")["loads_p99_ms"],
         **loads.figures("loads"),
         **noop.figures("noop"),
+        "cpu_ms_per_load": cpu_loads,
+        "cpu_ms_per_noop": cpu_noop,
         "loads_recorded": recorded,
         "exactly_once": recorded == loads.done,
         "clients": clients,
@@ -455,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-durable", action="store_true")

@@ -145,7 +145,7 @@ def bench_city_day(
 @guarded
 def bench_api(
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    clients: Annotated[int, typer.Option("--clients", min=1)] = 16,
+    clients: Annotated[int, typer.Option("--clients", min=1)] = 8,
     seconds: Annotated[float, typer.Option("--seconds", min=1.0)] = 10.0,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
 ) -> None:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -681,7 +681,87 @@ def _aad(kdf: Mapping[str, Any]) -> bytes:
     return json.dumps({"format": FILE_FORMAT, "kdf": dict(kdf)}, sort_keys=True, separators=(",", ":")).encode()
 
 
-class SoftwareKeystore(BaseKeystore):
+class MemoryKeystore(BaseKeystore):
+    """Master keys held in this process's memory only, every operation through :class:`SoftwareOps` (spec §1–§3):
+    the demo's and the tests' keystore, and the base of :class:`SoftwareKeystore`, which keeps them in a file."""
+
+    def __init__(self, key_sets: Iterable[IssuerKeys] = ()) -> None:
+        self._keys: dict[tuple[Alg, int, str], bytes] = {}
+        self._ops = SoftwareOps(self._master)
+        for keys in key_sets:
+            self.import_keys(keys, keys.version)
+
+    def __repr__(self) -> str:
+        sets = sorted({(f"{int(alg):02X}", version) for alg, version, _ in self._keys})
+        return f"{type(self).__name__}(sets={sets})"
+
+    # -- hooks
+
+    def _master(self, alg: Alg, version: int, name: str) -> bytes:
+        key = self._keys.get((alg, version, name))
+        if key is None:
+            raise UnknownKey(f"no key {key_label(alg, version, name)} in the keystore")
+        return key
+
+    def _import(self, alg: Alg, version: int, keys: dict[str, bytes]) -> dict[str, str]:
+        for name, key in keys.items():
+            old = self._keys.get((alg, version, name))
+            if old is not None and not hmac.compare_digest(old, key):
+                raise KeyConflict(f"a different key {key_label(alg, version, name)} is already stored")
+        self._keys.update({(alg, version, name): key for name, key in keys.items()})
+        return {name: crypto.kcv(alg, key).hex().upper() for name, key in keys.items()}
+
+    def _list(self) -> list[KeyInfo]:
+        return [
+            KeyInfo(alg, version, name, crypto.kcv(alg, key).hex().upper())
+            for (alg, version, name), key in self._keys.items()
+        ]
+
+    def _put_key_data(self, alg: Alg, version: int, usage: int, card_no: bytes) -> bytes:
+        return self._ops.put_key_data(alg, version, usage, card_no)
+
+    def _psam_put_key_data(self, alg: Alg, version: int) -> bytes:
+        return self._ops.psam_put_key_data(alg, version)
+
+    def _external_authenticate(self, alg: Alg, version: int, challenge: bytes) -> bytes:
+        return self._ops.external_authenticate(alg, version, challenge)
+
+    def _load_mac2(
+        self,
+        alg: Alg,
+        version: int,
+        card_no: bytes,
+        rand: bytes,
+        online_seq: int,
+        old_balance: int,
+        amount: int,
+        term_id: bytes,
+        mac1: bytes,
+        date4: bytes,
+        time3: bytes,
+    ) -> bytes:
+        return self._ops.load_mac2(
+            alg, version, card_no, rand, online_seq, old_balance, amount, term_id, mac1, date4, time3
+        )
+
+    def _dtk(self, alg: Alg, version: int, card_no: bytes) -> bytes:
+        return self._ops.dtk(alg, version, card_no)
+
+    def tac_calculator(self, alg: Alg, version: int, card_no: bytes) -> crypto.TacCalculator:
+        """See :meth:`BaseKeystore.tac_calculator` (the master's diversifier is made once)."""
+        return self._ops.tac_calculator(alg, version, card_no)
+
+    def _line_mac(
+        self, alg: Alg, version: int, usage: int, card_no: bytes, header_and_data: bytes, challenge: bytes
+    ) -> bytes:
+        return self._ops.line_mac(alg, version, usage, card_no, header_and_data, challenge)
+
+    def close(self) -> None:
+        """Drop cached card keys (the master keys stay in memory until the object goes)."""
+        self._ops.forget()
+
+
+class SoftwareKeystore(MemoryKeystore):
     """The embedded default keystore: master keys in an encrypted JSON file (cli.md, ``ONECARD_KEYSTORE``).
 
     The file is ``{"format": "onecard-keystore/1", "kdf": {…}, "nonce": hex, "ciphertext": base64}``: one
@@ -693,12 +773,11 @@ class SoftwareKeystore(BaseKeystore):
     def __init__(
         self, path: str | os.PathLike[str], *, passphrase: str | None = None, raw_key: bytes | None = None
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self._file_key = _FileKey(passphrase=passphrase, raw_key=raw_key)
-        self._keys: dict[tuple[Alg, int, str], bytes] = {}
         self._kdf: dict[str, Any] | None = None
         self._lock = threading.RLock()
-        self._ops = SoftwareOps(self._master)
         self._keys, self._kdf = self._read()
 
     def __repr__(self) -> str:
@@ -787,12 +866,6 @@ class SoftwareKeystore(BaseKeystore):
 
     # -- hooks
 
-    def _master(self, alg: Alg, version: int, name: str) -> bytes:
-        key = self._keys.get((alg, version, name))
-        if key is None:
-            raise UnknownKey(f"no key {key_label(alg, version, name)} in the keystore")
-        return key
-
     def _import(self, alg: Alg, version: int, keys: dict[str, bytes]) -> dict[str, str]:
         with self._lock, self._file_lock():
             stored, kdf = self._read()  # another process may have written since we opened
@@ -807,55 +880,6 @@ class SoftwareKeystore(BaseKeystore):
                 self._write(merged, kdf)
             self._keys, self._kdf = merged, kdf
         return {name: crypto.kcv(alg, key).hex().upper() for name, key in keys.items()}
-
-    def _list(self) -> list[KeyInfo]:
-        return [
-            KeyInfo(alg, version, name, crypto.kcv(alg, key).hex().upper())
-            for (alg, version, name), key in self._keys.items()
-        ]
-
-    def _put_key_data(self, alg: Alg, version: int, usage: int, card_no: bytes) -> bytes:
-        return self._ops.put_key_data(alg, version, usage, card_no)
-
-    def _psam_put_key_data(self, alg: Alg, version: int) -> bytes:
-        return self._ops.psam_put_key_data(alg, version)
-
-    def _external_authenticate(self, alg: Alg, version: int, challenge: bytes) -> bytes:
-        return self._ops.external_authenticate(alg, version, challenge)
-
-    def _load_mac2(
-        self,
-        alg: Alg,
-        version: int,
-        card_no: bytes,
-        rand: bytes,
-        online_seq: int,
-        old_balance: int,
-        amount: int,
-        term_id: bytes,
-        mac1: bytes,
-        date4: bytes,
-        time3: bytes,
-    ) -> bytes:
-        return self._ops.load_mac2(
-            alg, version, card_no, rand, online_seq, old_balance, amount, term_id, mac1, date4, time3
-        )
-
-    def _dtk(self, alg: Alg, version: int, card_no: bytes) -> bytes:
-        return self._ops.dtk(alg, version, card_no)
-
-    def tac_calculator(self, alg: Alg, version: int, card_no: bytes) -> crypto.TacCalculator:
-        """See :meth:`BaseKeystore.tac_calculator` (the master's diversifier is made once)."""
-        return self._ops.tac_calculator(alg, version, card_no)
-
-    def _line_mac(
-        self, alg: Alg, version: int, usage: int, card_no: bytes, header_and_data: bytes, challenge: bytes
-    ) -> bytes:
-        return self._ops.line_mac(alg, version, usage, card_no, header_and_data, challenge)
-
-    def close(self) -> None:
-        """Drop cached card keys (the master keys stay in memory until the object goes)."""
-        self._ops.forget()
 
 
 # --- sealing other back-office secrets ------------------------------------------------------------------------

@@ -568,7 +568,7 @@ class BackOfficeLoadHost:
         values = fast.values
         tac = bytes.fromhex(record.tac)
         try:
-            genuine = self._keys.verify_load_tac(
+            genuine: bool = self._keys.verify_load_tac(
                 request_alg(values),
                 int(values["key_ver"], 16),
                 bytes.fromhex(values["card_no"]),
@@ -801,7 +801,7 @@ def complete_load(
     load.tac = tac_hex
     load.completed_at = now
     try:
-        genuine = keys.verify_load_tac(
+        genuine: bool = keys.verify_load_tac(
             crypto.Alg(int(load.alg, 16)),
             int(load.key_ver, 16),
             bytes.fromhex(load.card_no),

@@ -35,14 +35,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import Field
-from sqlalchemy import func, select
 
 from api import counter_service
 from api.auth import CurrentStaff, staff_route
-from api.counter_service import CounterContext, LoadResult, UowFactory, WrongCardInReader
+from api.counter_service import CounterContext, LoadResult
 from api.deps import AppState, get_state, unit_of_work
-from api.desks import DeskReaders, desk_for
-from api.ratelimit import RateLimiter, Rule, enforce
 from api.schemas import (
     CARD_NO,
     DESK_ID,
@@ -61,14 +58,10 @@ from api.schemas import (
     TransferCollectionIn,
     UnblockIn,
 )
-from api.staff_auth import ApiRole, Principal, acting_staff, roles_for
+from api.staff_auth import ApiRole, roles_for
 from backoffice.db import UnitOfWork
-from backoffice.errors import CardRefused, NotFound
-from issuance import cardops, services
+from issuance import services
 from issuance.access import Action
-from issuance.lifecycle import LoadStatus, SettlementKind
-from issuance.models import BalanceSettlement, Card, Load
-from terminal.channel import Channel
 
 router = APIRouter(prefix="/counter", tags=["counter"])
 
@@ -613,8 +606,8 @@ def pay_out(
 
 # --- card maintenance, cancellation, unconfirmed loads, transfers (issue #7, completeness) ----------------------
 #
-# The wiring below is plain functions (the web pages call them too): the role issuance's access table gives the
-# action (``acting_staff``), one's own desk (``desk_for``), the card looked up before the reader is touched
+# The wiring is in :mod:`api.counter_service` (the web pages call it too): the role issuance's access table gives
+# the action (``acting_staff``), one's own desk (``desk_for``), the card looked up before the reader is touched
 # (``404``), the card in the reader checked to be the one named (``409 wrong_card_in_reader``), then the service.
 
 
@@ -633,195 +626,6 @@ class LoadResolutionOut(Out):
     loads: list[LoadOut]
 
 
-def _card_in_reader_is(channel: Channel, card_no: str) -> None:
-    """Refuse (``409 wrong_card_in_reader``) when the card in the reader is not ``card_no``. A card that does not
-    let its public file be read (blocked as a whole) is left to the service: it checks the record's state first
-    (``409``), then the chip."""
-    try:
-        with services.card_errors():
-            presented = cardops.read_public(channel).card_no
-    except CardRefused:
-        return
-    if presented != card_no:
-        raise WrongCardInReader("the card in the desk's reader is another card", expected=card_no, presented=presented)
-
-
-def block_at_desk(
-    uow: UnitOfWork,
-    ctx: CounterContext,
-    readers: DeskReaders,
-    principal: Principal,
-    *,
-    card_no: str,
-    desk_id: str,
-    permanent: bool,
-) -> services.CardView:
-    """Block the purse of the card in one's desk reader: ``blocked`` (temporary) or ``locked`` (for good,
-    hotlisted)."""
-    staff = acting_staff(principal, Action.BLOCK_CARD)
-    desk = desk_for(principal, desk_id)
-    services.show_card(uow, card_no=card_no)
-    with readers.open(desk) as opened:
-        _card_in_reader_is(opened.channel, card_no)
-        return services.block_card(
-            uow, staff, ctx.keys, opened.channel, card_no=card_no, permanent=permanent, clock=ctx.clock
-        )
-
-
-def unblock_at_desk(
-    uow: UnitOfWork, ctx: CounterContext, readers: DeskReaders, principal: Principal, *, card_no: str, desk_id: str
-) -> services.CardView:
-    """Lift the temporary block of the card in one's desk reader (``blocked → active``; supervisors)."""
-    staff = acting_staff(principal, Action.UNBLOCK_CARD)
-    desk = desk_for(principal, desk_id)
-    services.show_card(uow, card_no=card_no)
-    with readers.open(desk) as opened:
-        _card_in_reader_is(opened.channel, card_no)
-        return services.unblock_card(uow, staff, ctx.keys, opened.channel, card_no=card_no, clock=ctx.clock)
-
-
-def cancel_at_counter(
-    uow: UnitOfWork,
-    ctx: CounterContext,
-    readers: DeskReaders,
-    limiter: RateLimiter,
-    money: Rule,
-    principal: Principal,
-    *,
-    card_no: str,
-    desk_id: str | None,
-) -> services.SettlementView:
-    """Cancel a card (supervisors): the whole card blocked in one's desk reader when present (``desk_id``),
-    hotlisted, its balance settled for pay-out."""
-    staff = acting_staff(principal, Action.CANCEL_CARD)
-    if desk_id is None:
-        enforce(limiter, money, principal.username)
-        return services.cancel_card(uow, staff, ctx.keys, card_no=card_no, clock=ctx.clock)
-    desk = desk_for(principal, desk_id)
-    services.show_card(uow, card_no=card_no)
-    enforce(limiter, money, principal.username)
-    with readers.open(desk) as opened:
-        _card_in_reader_is(opened.channel, card_no)
-        return services.cancel_card(uow, staff, ctx.keys, card_no=card_no, channel=opened.channel, clock=ctx.clock)
-
-
-def activate(uow: UnitOfWork, ctx: CounterContext, principal: Principal, *, card_no: str) -> services.CardView:
-    """Hand over a personalised stock card (``personalised → active``)."""
-    staff = acting_staff(principal, Action.ACTIVATE_CARD)
-    return services.activate_card(uow, staff, card_no=card_no, clock=ctx.clock)
-
-
-def change_holder_at_desk(
-    uow: UnitOfWork,
-    ctx: CounterContext,
-    readers: DeskReaders,
-    principal: Principal,
-    *,
-    card_no: str,
-    desk_id: str,
-    name: str | None,
-    phone: str | None,
-    address: str | None,
-) -> services.ResidentView:
-    """Change the holder's name, phone or address: the record, and the card in one's desk reader (line MAC)."""
-    staff = acting_staff(principal, Action.CHANGE_CARDHOLDER_DATA)
-    desk = desk_for(principal, desk_id)
-    services.show_card(uow, card_no=card_no)
-    with readers.open(desk) as opened:
-        _card_in_reader_is(opened.channel, card_no)
-        return services.change_cardholder_data(
-            uow,
-            staff,
-            ctx.keys,
-            ctx.vault,
-            opened.channel,
-            card_no=card_no,
-            name=name,
-            phone=phone,
-            address=address,
-            clock=ctx.clock,
-        )
-
-
-def unconfirmed_loads(uow: UnitOfWork, *, card_no: str) -> int:
-    """How many of the card's loads await resolution with the card (``unconfirmed``)."""
-    counted = uow.session.scalar(
-        select(func.count()).select_from(Load).where(Load.card_no == card_no, Load.status == LoadStatus.UNCONFIRMED)
-    )
-    return int(counted or 0)
-
-
-def resolve_loads_at_desk(
-    new_uow: UowFactory,
-    ctx: CounterContext,
-    readers: DeskReaders,
-    principal: Principal,
-    *,
-    card_no: str,
-    desk_id: str,
-) -> list[services.LoadOutcome]:
-    """Settle every ``unconfirmed`` load of the card in one's desk reader, oldest first (an empty list: there is
-    none). The card is the proof: whoever made the load, the card's own answer decides it."""
-    staff = acting_staff(principal, Action.LOAD)
-    desk = desk_for(principal, desk_id)
-    with new_uow() as uow:
-        services.show_card(uow, card_no=card_no)
-        request_ids = list(
-            uow.session.scalars(
-                select(Load.request_id)
-                .where(Load.card_no == card_no, Load.status == LoadStatus.UNCONFIRMED)
-                .order_by(Load.id)
-            )
-        )
-    with readers.open(desk) as opened:
-        _card_in_reader_is(opened.channel, card_no)
-        return [
-            services.resolve_unconfirmed_load(
-                new_uow, staff, ctx.keys, opened.channel, request_id=request_id, clock=ctx.clock
-            )
-            for request_id in request_ids
-        ]
-
-
-def collect_transfer_at_desk(
-    new_uow: UowFactory,
-    ctx: CounterContext,
-    readers: DeskReaders,
-    limiter: RateLimiter,
-    money: Rule,
-    principal: Principal,
-    *,
-    settlement_id: int,
-    desk_id: str,
-) -> services.LoadOutcome:
-    """Load a replacement's ready transfer onto the new card in one's desk reader, once (a second call answers
-    the first load again)."""
-    staff = acting_staff(principal, Action.LOAD)
-    desk = desk_for(principal, desk_id)
-    with new_uow() as uow:
-        settlement = uow.session.get(BalanceSettlement, settlement_id)
-        if settlement is None or settlement.kind is not SettlementKind.TRANSFER or settlement.to_card_id is None:
-            raise NotFound("no such transfer", settlement_id=settlement_id)
-        to_card = uow.session.get(Card, settlement.to_card_id)
-        if to_card is None:
-            raise NotFound("no such transfer", settlement_id=settlement_id)
-        to_card_no = to_card.card_no
-    enforce(limiter, money, principal.username)
-    with readers.open(desk) as opened:
-        _card_in_reader_is(opened.channel, to_card_no)
-        return services.collect_transfer(
-            new_uow,
-            staff,
-            ctx.keys,
-            opened.channel,
-            settlement_id=settlement_id,
-            term_id=desk.term_id,
-            clock=ctx.clock,
-            card_source=opened.card_source,
-            recovery_timeout=ctx.recovery_timeout,
-        )
-
-
 @staff_route(
     router, "POST", "/cards/{card_no}/block", roles=_roles(Action.BLOCK_CARD), errors=(404, 409, 503),
     response_model=CardOut,
@@ -832,7 +636,7 @@ def block_card(
     """Block the purse of the card in your desk's reader: temporarily (``blocked``; a supervisor lifts it) or,
     with ``permanent``, for good (``locked`` and hotlisted)."""
     return _card(
-        block_at_desk(
+        counter_service.block_at_desk(
             uow, ctx, state.desk_readers, principal, card_no=card_no, desk_id=body.desk_id, permanent=body.permanent
         )
     )
@@ -846,7 +650,9 @@ def unblock_card(
     card_no: CardNo, body: UnblockIn, principal: CurrentStaff, state: State, ctx: Counter, uow: Work
 ) -> CardOut:
     """Lift the temporary block of the card in your desk's reader (``blocked → active``; 409 unless blocked)."""
-    return _card(unblock_at_desk(uow, ctx, state.desk_readers, principal, card_no=card_no, desk_id=body.desk_id))
+    return _card(
+        counter_service.unblock_at_desk(uow, ctx, state.desk_readers, principal, card_no=card_no, desk_id=body.desk_id)
+    )
 
 
 @staff_route(
@@ -859,7 +665,7 @@ def cancel_card(
     """Cancel a card: blocked as a whole in your desk's reader when present (``desk_id``), hotlisted, its balance
     settled (now when the chip agrees, else after clearing); pay it out with ``…/settlements/{id}/payout``."""
     return _settlement(
-        cancel_at_counter(
+        counter_service.cancel_at_counter(
             uow,
             ctx,
             state.desk_readers,
@@ -878,7 +684,7 @@ def cancel_card(
 )  # fmt: skip
 def activate_card(card_no: CardNo, principal: CurrentStaff, ctx: Counter, uow: Work) -> CardOut:
     """Hand over a personalised stock card (``personalised → active``; 409 in any other state)."""
-    return _card(activate(uow, ctx, principal, card_no=card_no))
+    return _card(counter_service.activate(uow, ctx, principal, card_no=card_no))
 
 
 @staff_route(
@@ -890,7 +696,7 @@ def change_cardholder_data(
 ) -> CardholderOut:
     """Change the holder's name, phone or address (an active registered card in your desk's reader; 409 for an
     anonymous or inactive card). A new name or phone is written to the card with line MAC."""
-    view = change_holder_at_desk(
+    view = counter_service.change_holder_at_desk(
         uow,
         ctx,
         state.desk_readers,
@@ -914,7 +720,7 @@ def resolve_unconfirmed_loads(
     """Settle the card's ``unconfirmed`` loads with the card in your desk's reader: each becomes ``proof``
     (counted), ``void`` (it never happened) or stays ``unconfirmed`` (clearing decides). No such load: an empty
     list."""
-    outcomes = resolve_loads_at_desk(
+    outcomes = counter_service.resolve_loads_at_desk(
         state.new_uow, ctx, state.desk_readers, principal, card_no=card_no, desk_id=body.desk_id
     )
     return LoadResolutionOut(
@@ -931,7 +737,7 @@ def collect_transfer(
 ) -> LoadOut:
     """Load a replacement's balance transfer onto the new card in your desk's reader, once clearing has made it
     ``ready`` (409 while ``pending``); calling again answers the first load (the money moves once)."""
-    outcome = collect_transfer_at_desk(
+    outcome = counter_service.collect_transfer_at_desk(
         state.new_uow,
         ctx,
         state.desk_readers,

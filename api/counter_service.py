@@ -12,30 +12,32 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Table, bindparam, exists, or_, select
+from sqlalchemy import Connection, Table, bindparam, exists, func, or_, select
 
 from api import idempotency
 from api.deps import ServiceUnavailable
-from api.desks import DeskReaders, desk_for
+from api.desks import DeskReaders, DeskSession, desk_for
 from api.ratelimit import RateLimiter, Rule, enforce
 from api.schemas import error_body
 from api.staff_auth import DeskView, Principal, acting_staff, roles_for
 from backoffice.db import UnitOfWork, run_statement
-from backoffice.errors import Conflict, Forbidden, OnecardError, RateLimited
+from backoffice.errors import CardRefused, Conflict, Forbidden, NotFound, OnecardError, RateLimited
 from backoffice.settings import Settings, read_dotenv
 from cardos import crypto
 from issuance import cardops, services
 from issuance.access import Action, Staff
 from issuance.bookkeeping import Clock, local_now
 from issuance.keys import Keystore
-from issuance.lifecycle import CardType, HotlistReason, InsuredScheme, SocialSecurityStatus
+from issuance.lifecycle import CardType, HotlistReason, InsuredScheme, LoadStatus, SettlementKind, SocialSecurityStatus
 from issuance.loadhost import LoadHooks
-from issuance.models import Load
+from issuance.models import BalanceSettlement, Card, Load
 from issuance.pii import PersonalDataVault
+from terminal.channel import Channel
 
 log = logging.getLogger("onecard.api.counter")
 
@@ -184,19 +186,45 @@ def show_card(uow: UnitOfWork, principal: Principal, *, card_no: str) -> service
     return services.show_card(uow, card_no=card_no)
 
 
-def _check_card_in_reader(channel: Any, card_no: str) -> None:
-    with services.card_errors():
-        public = cardops.read_public(channel)
-    if public.card_no != card_no:
-        raise WrongCardInReader(
-            "the card in the desk's reader is another card", expected=card_no, presented=public.card_no
-        )
-
-
 class WrongCardInReader(Conflict):
     """The card in the desk's reader is not the card the request names (409)."""
 
     code = "wrong_card_in_reader"
+
+
+def _check_card_in_reader(channel: Channel, card_no: str, *, unreadable_passes: bool) -> None:
+    """Refuse (``409 wrong_card_in_reader``) when the card in the reader is not ``card_no``.
+
+    A card that does not let its public file be read (blocked as a whole) is refused as the chip answers, or,
+    with ``unreadable_passes``, left to the service: it checks the record's state first (``409``), then the chip.
+    """
+    try:
+        with services.card_errors():
+            presented = cardops.read_public(channel).card_no
+    except CardRefused:
+        if not unreadable_passes:
+            raise
+        return
+    if presented != card_no:
+        raise WrongCardInReader("the card in the desk's reader is another card", expected=card_no, presented=presented)
+
+
+@contextmanager
+def _card_in_desk_reader(
+    readers: DeskReaders, desk: DeskView, card_no: str, *, unreadable_passes: bool = True
+) -> Iterator[DeskSession]:
+    """One's desk reader, opened, with the card ``card_no`` in it (:func:`_check_card_in_reader`), for the
+    service to be called with."""
+    with readers.open(desk) as opened:
+        _check_card_in_reader(opened.channel, card_no, unreadable_passes=unreadable_passes)
+        yield opened
+
+
+def _desk_for_card(uow: UnitOfWork, principal: Principal, *, desk_id: str, card_no: str) -> DeskView:
+    """One's own desk (``403``), the card looked up before the reader is touched (``404``)."""
+    desk = desk_for(principal, desk_id)
+    services.show_card(uow, card_no=card_no)
+    return desk
 
 
 def card_in_reader(
@@ -324,6 +352,175 @@ def reset_pin(
         )
 
 
+# --- card maintenance, cancellation, unconfirmed loads, transfers ------------------------------------------------
+
+
+def block_at_desk(
+    uow: UnitOfWork,
+    ctx: CounterContext,
+    readers: DeskReaders,
+    principal: Principal,
+    *,
+    card_no: str,
+    desk_id: str,
+    permanent: bool,
+) -> services.CardView:
+    """Block the purse of the card in one's desk reader: ``blocked`` (temporary) or ``locked`` (for good,
+    hotlisted)."""
+    staff = acting_staff(principal, Action.BLOCK_CARD)
+    desk = _desk_for_card(uow, principal, desk_id=desk_id, card_no=card_no)
+    with _card_in_desk_reader(readers, desk, card_no) as opened:
+        return services.block_card(
+            uow, staff, ctx.keys, opened.channel, card_no=card_no, permanent=permanent, clock=ctx.clock
+        )
+
+
+def unblock_at_desk(
+    uow: UnitOfWork, ctx: CounterContext, readers: DeskReaders, principal: Principal, *, card_no: str, desk_id: str
+) -> services.CardView:
+    """Lift the temporary block of the card in one's desk reader (``blocked → active``; supervisors)."""
+    staff = acting_staff(principal, Action.UNBLOCK_CARD)
+    desk = _desk_for_card(uow, principal, desk_id=desk_id, card_no=card_no)
+    with _card_in_desk_reader(readers, desk, card_no) as opened:
+        return services.unblock_card(uow, staff, ctx.keys, opened.channel, card_no=card_no, clock=ctx.clock)
+
+
+def cancel_at_counter(
+    uow: UnitOfWork,
+    ctx: CounterContext,
+    readers: DeskReaders,
+    limiter: RateLimiter,
+    money: Rule,
+    principal: Principal,
+    *,
+    card_no: str,
+    desk_id: str | None,
+) -> services.SettlementView:
+    """Cancel a card (supervisors): the whole card blocked in one's desk reader when present (``desk_id``),
+    hotlisted, its balance settled for pay-out."""
+    staff = acting_staff(principal, Action.CANCEL_CARD)
+    if desk_id is None:
+        enforce(limiter, money, principal.username)
+        return services.cancel_card(uow, staff, ctx.keys, card_no=card_no, clock=ctx.clock)
+    desk = _desk_for_card(uow, principal, desk_id=desk_id, card_no=card_no)
+    enforce(limiter, money, principal.username)
+    with _card_in_desk_reader(readers, desk, card_no) as opened:
+        return services.cancel_card(uow, staff, ctx.keys, card_no=card_no, channel=opened.channel, clock=ctx.clock)
+
+
+def activate(uow: UnitOfWork, ctx: CounterContext, principal: Principal, *, card_no: str) -> services.CardView:
+    """Hand over a personalised stock card (``personalised → active``)."""
+    staff = acting_staff(principal, Action.ACTIVATE_CARD)
+    return services.activate_card(uow, staff, card_no=card_no, clock=ctx.clock)
+
+
+def change_holder_at_desk(
+    uow: UnitOfWork,
+    ctx: CounterContext,
+    readers: DeskReaders,
+    principal: Principal,
+    *,
+    card_no: str,
+    desk_id: str,
+    name: str | None,
+    phone: str | None,
+    address: str | None,
+) -> services.ResidentView:
+    """Change the holder's name, phone or address: the record, and the card in one's desk reader (line MAC)."""
+    staff = acting_staff(principal, Action.CHANGE_CARDHOLDER_DATA)
+    desk = _desk_for_card(uow, principal, desk_id=desk_id, card_no=card_no)
+    with _card_in_desk_reader(readers, desk, card_no) as opened:
+        return services.change_cardholder_data(
+            uow,
+            staff,
+            ctx.keys,
+            ctx.vault,
+            opened.channel,
+            card_no=card_no,
+            name=name,
+            phone=phone,
+            address=address,
+            clock=ctx.clock,
+        )
+
+
+def unconfirmed_loads(uow: UnitOfWork, *, card_no: str) -> int:
+    """How many of the card's loads await resolution with the card (``unconfirmed``)."""
+    counted = uow.session.scalar(
+        select(func.count()).select_from(Load).where(Load.card_no == card_no, Load.status == LoadStatus.UNCONFIRMED)
+    )
+    return int(counted or 0)
+
+
+def resolve_loads_at_desk(
+    new_uow: UowFactory,
+    ctx: CounterContext,
+    readers: DeskReaders,
+    principal: Principal,
+    *,
+    card_no: str,
+    desk_id: str,
+) -> list[services.LoadOutcome]:
+    """Settle every ``unconfirmed`` load of the card in one's desk reader, oldest first (an empty list: there is
+    none). The card is the proof: whoever made the load, the card's own answer decides it."""
+    staff = acting_staff(principal, Action.LOAD)
+    desk = desk_for(principal, desk_id)
+    with new_uow() as uow:
+        services.show_card(uow, card_no=card_no)
+        request_ids = list(
+            uow.session.scalars(
+                select(Load.request_id)
+                .where(Load.card_no == card_no, Load.status == LoadStatus.UNCONFIRMED)
+                .order_by(Load.id)
+            )
+        )
+    with _card_in_desk_reader(readers, desk, card_no) as opened:
+        return [
+            services.resolve_unconfirmed_load(
+                new_uow, staff, ctx.keys, opened.channel, request_id=request_id, clock=ctx.clock
+            )
+            for request_id in request_ids
+        ]
+
+
+def collect_transfer_at_desk(
+    new_uow: UowFactory,
+    ctx: CounterContext,
+    readers: DeskReaders,
+    limiter: RateLimiter,
+    money: Rule,
+    principal: Principal,
+    *,
+    settlement_id: int,
+    desk_id: str,
+) -> services.LoadOutcome:
+    """Load a replacement's ready transfer onto the new card in one's desk reader, once (a second call answers
+    the first load again)."""
+    staff = acting_staff(principal, Action.LOAD)
+    desk = desk_for(principal, desk_id)
+    with new_uow() as uow:
+        settlement = uow.session.get(BalanceSettlement, settlement_id)
+        if settlement is None or settlement.kind is not SettlementKind.TRANSFER or settlement.to_card_id is None:
+            raise NotFound("no such transfer", settlement_id=settlement_id)
+        to_card = uow.session.get(Card, settlement.to_card_id)
+        if to_card is None:
+            raise NotFound("no such transfer", settlement_id=settlement_id)
+        to_card_no = to_card.card_no
+    enforce(limiter, money, principal.username)
+    with _card_in_desk_reader(readers, desk, to_card_no) as opened:
+        return services.collect_transfer(
+            new_uow,
+            staff,
+            ctx.keys,
+            opened.channel,
+            settlement_id=settlement_id,
+            term_id=desk.term_id,
+            clock=ctx.clock,
+            card_source=opened.card_source,
+            recovery_timeout=ctx.recovery_timeout,
+        )
+
+
 # --- loads ---------------------------------------------------------------------------------------------------------
 
 
@@ -419,8 +616,7 @@ class _LoadCall:
         self.attempted = False
         if hooks is None:
             self.admit()
-        with self.readers.open(self.desk) as opened:
-            _check_card_in_reader(opened.channel, self.card_no)
+        with _card_in_desk_reader(self.readers, self.desk, self.card_no, unreadable_passes=False) as opened:
             self.attempted = True
             outcome = services.load_card(
                 self.new_uow,

@@ -43,11 +43,7 @@ from api.counter import (
     ResidentIn,
     ResidentSearchIn,
     SocialSecurityIn,
-    block_at_desk,
     render_load,
-    resolve_loads_at_desk,
-    unblock_at_desk,
-    unconfirmed_loads,
 )
 from api.deps import AppState, get_state
 from api.finance_routes import BOOKS, CHECKERS, FINANCE, READERS, ClearingRunIn, DecisionIn, ResolutionIn
@@ -68,9 +64,11 @@ from api.staff_auth import login as staff_login
 from api.staff_auth import logout as staff_logout
 from api.web.charts import Series, bar_chart
 from api.web.i18n import LANG_COOKIE, LANGUAGES, Lang, has_label, negotiate, other, translator
+from backoffice.db import UnitOfWork
 from backoffice.errors import Forbidden, InvalidInput, NotFound, OnecardError, Unauthorized
 from issuance.access import UNMASKED_PERSONAL_DATA, Action
 from issuance.lifecycle import TRANSITIONS, CardState, InsuredScheme
+from issuance.services import CardView
 
 PREFIX = "/web"
 WEB_DIR = Path(__file__).parent
@@ -751,7 +749,7 @@ def card_page(request: Request, session: WebSession, card_no: str, *, error: Err
     """A card: its record, the desk's reader, and the actions its state and one's roles allow."""
     with _state(request).new_uow() as uow:
         card = counter_service.show_card(uow, session.principal, card_no=_card_no(card_no))
-        unconfirmed = unconfirmed_loads(uow, card_no=card.card_no) if session.may(Action.LOAD) else 0
+        unconfirmed = counter_service.unconfirmed_loads(uow, card_no=card.card_no) if session.may(Action.LOAD) else 0
     actions = {
         "issue": card.state is CardState.APPLIED and session.may(Action.ISSUE_CARD),
         "load": card.state is CardState.ACTIVE and session.may(Action.LOAD),
@@ -1046,23 +1044,40 @@ def _card_rows(view: Any, t: Callable[[str], str]) -> list[tuple[str, str]]:
     ]
 
 
+def _card_in_reader_receipt(
+    request: Request,
+    card_no: str,
+    csrf_token: str,
+    *,
+    title: str,
+    act: Callable[[WebSession, AppState, UnitOfWork], CardView],
+) -> Response:
+    """A confirmed action on the card in one's desk reader (``act``, in one unit of work); the card's receipt, or
+    the card page with the error."""
+
+    def run(session: WebSession) -> Response:
+        require_form_token(session, csrf_token)
+        state = _state(request)
+        with state.new_uow() as uow:
+            view = act(session, state, uow)
+        t = translator(language(request))
+        return _receipt(request, session, title=title, card_no=view.card_no, rows=_card_rows(view, t))
+
+    return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
+
+
 @router.post("/counter/cards/{card_no}/block")
 def block_card(request: Request, card_no: str, csrf_token: FormStr = "", permanent: FormStr = "") -> Response:
     """Block the purse of the card in one's desk reader (line MAC); the receipt."""
 
-    def run(session: WebSession) -> Response:
-        require_form_token(session, csrf_token)
+    def act(session: WebSession, state: AppState, uow: UnitOfWork) -> CardView:
         body = BlockIn.model_validate({"desk_id": _own_desk(session), "permanent": bool(permanent)})
-        state = _state(request)
-        with state.new_uow() as uow:
-            view = block_at_desk(
-                uow, state.counter_context(), state.desk_readers, session.principal,
-                card_no=_card_no(card_no), desk_id=body.desk_id, permanent=body.permanent,
-            )  # fmt: skip
-        t = translator(language(request))
-        return _receipt(request, session, title="block.done", card_no=view.card_no, rows=_card_rows(view, t))
+        return counter_service.block_at_desk(
+            uow, state.counter_context(), state.desk_readers, session.principal,
+            card_no=_card_no(card_no), desk_id=body.desk_id, permanent=body.permanent,
+        )  # fmt: skip
 
-    return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
+    return _card_in_reader_receipt(request, card_no, csrf_token, title="block.done", act=act)
 
 
 @router.get("/counter/cards/{card_no}/unblock")
@@ -1075,19 +1090,14 @@ def confirm_unblock(request: Request, card_no: str) -> Response:
 def unblock_card(request: Request, card_no: str, csrf_token: FormStr = "") -> Response:
     """Lift the temporary block of the card in one's desk reader (supervisors); the receipt."""
 
-    def run(session: WebSession) -> Response:
-        require_form_token(session, csrf_token)
+    def act(session: WebSession, state: AppState, uow: UnitOfWork) -> CardView:
         body = UnblockIn.model_validate({"desk_id": _own_desk(session)})
-        state = _state(request)
-        with state.new_uow() as uow:
-            view = unblock_at_desk(
-                uow, state.counter_context(), state.desk_readers, session.principal,
-                card_no=_card_no(card_no), desk_id=body.desk_id,
-            )  # fmt: skip
-        t = translator(language(request))
-        return _receipt(request, session, title="unblock.done", card_no=view.card_no, rows=_card_rows(view, t))
+        return counter_service.unblock_at_desk(
+            uow, state.counter_context(), state.desk_readers, session.principal,
+            card_no=_card_no(card_no), desk_id=body.desk_id,
+        )  # fmt: skip
 
-    return guarded(request, run, on_error=lambda session, error: card_page(request, session, card_no, error=error))
+    return _card_in_reader_receipt(request, card_no, csrf_token, title="unblock.done", act=act)
 
 
 @router.get("/counter/cards/{card_no}/loads/resolution")
@@ -1104,7 +1114,7 @@ def resolve_loads(request: Request, card_no: str, csrf_token: FormStr = "") -> R
         require_form_token(session, csrf_token)
         body = LoadResolutionIn.model_validate({"desk_id": _own_desk(session)})
         state = _state(request)
-        outcomes = resolve_loads_at_desk(
+        outcomes = counter_service.resolve_loads_at_desk(
             state.new_uow, state.counter_context(), state.desk_readers, session.principal,
             card_no=_card_no(card_no), desk_id=body.desk_id,
         )  # fmt: skip

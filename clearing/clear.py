@@ -164,12 +164,23 @@ _TMP_CARDS = table("clearing_tmp_cards", column("card_no", String()))
 
 
 def _temp_cards(session: Session, since_by_card: dict[str, int], until_by_card: dict[str, int | None]) -> None:
-    bulk.temp_table(session, "clearing_tmp_cards", "card_no text, since bigint, until bigint, anchor bigint")
+    bulk.temp_table(
+        session,
+        "clearing_tmp_cards",
+        "card_no text, since bigint, until bigint, anchor bigint, open_balance bigint, open_online bigint, "
+        "open_offline bigint",
+    )
     bulk.insert_rows(
         session,
         "clearing_tmp_cards",
         ("card_no", "since", "until"),
         [(card_no, since, until_by_card[card_no]) for card_no, since in sorted(since_by_card.items())],
+    )
+    session.execute(  # each card's opening state, by index probe (a join with all cards plans badly)
+        text(
+            "UPDATE clearing_tmp_cards SET (open_balance, open_online, open_offline) = (SELECT k.opening_balance, "
+            "k.opening_online_seq, k.opening_offline_seq FROM cards k WHERE k.card_no = clearing_tmp_cards.card_no)"
+        )
     )
     bulk.analyze(session, "clearing_tmp_cards")
 
@@ -242,7 +253,7 @@ def _load_context(session: Session) -> None:
     bulk.analyze(session, "clearing_tmp_context")
 
 
-_OPENING_SEQ = "CASE WHEN w.family = 0 THEN k.opening_online_seq ELSE k.opening_offline_seq END"
+_OPENING_SEQ = "coalesce(CASE WHEN w.family = 0 THEN t.open_online ELSE t.open_offline END, 0)"
 
 
 def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
@@ -266,12 +277,12 @@ def _plain_chains(session: Session, todos: Sequence[_Todo]) -> set[int]:
         "LAG(c.card_seq) OVER (PARTITION BY c.card_no, c.family ORDER BY c.card_seq, c.id) AS previous_seq, "
         "SUM(CASE WHEN c.status = 'unconfirmed' THEN 1 ELSE 0 END) OVER (PARTITION BY c.card_no) AS tentative "
         "FROM clearing_tmp_context c) w JOIN clearing_tmp_todo d ON d.id = w.id "
-        "JOIN clearing_tmp_cards t ON t.card_no = w.card_no JOIN cards k ON k.card_no = w.card_no "
+        "JOIN clearing_tmp_cards t ON t.card_no = w.card_no "
         "WHERE w.tentative = 0 AND ("
         "(w.previous_status IS NOT NULL AND w.previous_after = w.balance_before "
         f"AND (w.previous_seq = w.card_seq - 1 OR (w.previous_seq IS NULL AND w.card_seq = {_OPENING_SEQ}))) "
         f"OR (w.previous_status IS NULL AND t.anchor IS NULL AND w.card_seq = {_OPENING_SEQ} "
-        "AND w.balance_before = k.opening_balance))",
+        "AND w.balance_before = coalesce(t.open_balance, 0)))",
     )
     bulk.drop_temp_table(session, "clearing_tmp_todo")
     return {int(row[0]) for row in rows}
